@@ -1,0 +1,288 @@
+//! Topics, watermarks and committed offsets: blocking calls with explicit timeouts.
+//!
+//! These are used at start-up (is the cluster reachable, do the topics exist), by the test kit,
+//! and by tools. Run them off async workers (`spawn_blocking`) when called from async code.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::clients::base_config;
+
+/// An admin failure: what was asked, of which cluster, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No broker answered.
+    #[error(
+        "cannot reach the Kafka cluster at {bootstrap} within {timeout:?}: {source}. Check \
+         bootstrap.servers and that the brokers are running and reachable from here"
+    )]
+    Unreachable {
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// How long weir waited.
+        timeout: Duration,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// A topic does not exist.
+    #[error("topic {topic:?} does not exist on {bootstrap}; create it first (or check the name)")]
+    MissingTopic {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers.
+        bootstrap: String,
+    },
+    /// Any other client error.
+    #[error("{what} failed on {bootstrap}: {source}")]
+    Kafka {
+        /// The operation.
+        what: String,
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// The client error.
+        source: KafkaError,
+    },
+}
+
+/// A topic to create.
+#[derive(Clone, Debug)]
+pub struct TopicSpec {
+    /// Name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// Topic configs (`cleanup.policy`, `min.insync.replicas`, ...).
+    pub configs: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    /// A topic with `partitions` partitions and replication factor 1.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication: 1,
+            configs: Vec::new(),
+        }
+    }
+}
+
+/// Blocking admin operations against one cluster.
+pub struct Admin {
+    bootstrap: String,
+    consumer: BaseConsumer,
+    admin: AdminClient<DefaultClientContext>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("bootstrap", &self.bootstrap).finish()
+    }
+}
+
+impl Admin {
+    /// Connects lazily to `bootstrap`; every call waits at most `timeout`.
+    pub fn new(bootstrap: &str, timeout: Duration) -> Result<Self, AdminError> {
+        let kafka = |what: &str| {
+            let bootstrap = bootstrap.to_string();
+            let what = what.to_string();
+            move |source| AdminError::Kafka {
+                what,
+                bootstrap,
+                source,
+            }
+        };
+        let consumer: BaseConsumer = base_config(bootstrap)
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(kafka("creating a metadata client"))?;
+        let admin = base_config(bootstrap)
+            .create()
+            .map_err(kafka("creating an admin client"))?;
+        Ok(Self {
+            bootstrap: bootstrap.to_string(),
+            consumer,
+            admin,
+            timeout,
+        })
+    }
+
+    fn err(&self, what: impl Into<String>) -> impl FnOnce(KafkaError) -> AdminError + '_ {
+        let what = what.into();
+        move |source| AdminError::Kafka {
+            what,
+            bootstrap: self.bootstrap.clone(),
+            source,
+        }
+    }
+
+    /// Checks that a broker answers a metadata request.
+    pub fn ping(&self) -> Result<(), AdminError> {
+        self.consumer
+            .fetch_metadata(None, self.timeout)
+            .map(|_| ())
+            .map_err(|source| AdminError::Unreachable {
+                bootstrap: self.bootstrap.clone(),
+                timeout: self.timeout,
+                source,
+            })
+    }
+
+    /// The partition count of `topic`, or [`AdminError::MissingTopic`].
+    pub fn partition_count(&self, topic: &str) -> Result<i32, AdminError> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|source| match source {
+                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                    AdminError::MissingTopic {
+                        topic: topic.to_string(),
+                        bootstrap: self.bootstrap.clone(),
+                    }
+                }
+                source => AdminError::Unreachable {
+                    bootstrap: self.bootstrap.clone(),
+                    timeout: self.timeout,
+                    source,
+                },
+            })?;
+        match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len() as i32)
+            }
+            _ => Err(AdminError::MissingTopic {
+                topic: topic.to_string(),
+                bootstrap: self.bootstrap.clone(),
+            }),
+        }
+    }
+
+    /// Creates topics; a topic that already exists is not an error.
+    pub fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), AdminError> {
+        let configs: Vec<Vec<(&str, &str)>> = topics
+            .iter()
+            .map(|t| {
+                t.configs
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .collect();
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .zip(&configs)
+            .map(|(t, cfg)| {
+                cfg.iter().fold(
+                    NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)),
+                    |nt, (k, v)| nt.set(k, v),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let results = futures::executor::block_on(self.admin.create_topics(&new, &opts))
+            .map_err(self.err("create topics"))?;
+        for r in results {
+            if let Err((topic, code)) = r {
+                if code != RDKafkaErrorCode::TopicAlreadyExists {
+                    return Err(AdminError::Kafka {
+                        what: format!("creating topic {topic:?}"),
+                        bootstrap: self.bootstrap.clone(),
+                        source: KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        // Creation is asynchronous on the brokers: wait until metadata shows every topic.
+        for t in topics {
+            let deadline = std::time::Instant::now() + self.timeout;
+            while self.partition_count(&t.name).ok() != Some(t.partitions) {
+                if std::time::Instant::now() > deadline {
+                    return Err(AdminError::MissingTopic {
+                        topic: t.name.clone(),
+                        bootstrap: self.bootstrap.clone(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes topics (missing ones are ignored).
+    pub fn delete_topics(&self, topics: &[&str]) -> Result<(), AdminError> {
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
+        futures::executor::block_on(self.admin.delete_topics(topics, &opts))
+            .map_err(self.err("delete topics"))?;
+        Ok(())
+    }
+
+    /// `(low, high)` watermarks of every partition of `topic`, where `high` is the last stable
+    /// offset when `read_committed` and the high watermark otherwise.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        read_committed: bool,
+    ) -> Result<BTreeMap<i32, (i64, i64)>, AdminError> {
+        let partitions = self.partition_count(topic)?;
+        let reader: BaseConsumer;
+        let client = if read_committed {
+            &self.consumer
+        } else {
+            reader = base_config(&self.bootstrap)
+                .set("isolation.level", "read_uncommitted")
+                .create()
+                .map_err(self.err("creating a read_uncommitted client"))?;
+            &reader
+        };
+        (0..partitions)
+            .map(|p| {
+                client
+                    .fetch_watermarks(topic, p, self.timeout)
+                    .map(|w| (p, w))
+                    .map_err(self.err(format!("watermarks of {topic}/{p}")))
+            })
+            .collect()
+    }
+
+    /// The offsets group `group` has committed on `topic`, by partition (`None`: no commit).
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, Option<i64>>, AdminError> {
+        let partitions = self.partition_count(topic)?;
+        let client: BaseConsumer = base_config(&self.bootstrap)
+            .set("group.id", group)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(self.err("creating an offsets client"))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = client
+            .committed_offsets(tpl, self.timeout)
+            .map_err(self.err(format!("committed offsets of group {group:?}")))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.partition(), offset)
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,338 @@
+//! The application: start-up checks, the main loop, graceful shutdown.
+//!
+//! ```text
+//! start:    lock state dir, resolve instance id ─> cluster reachable? topics exist?
+//!           ─> producer: init_transactions (fences and aborts this instance's previous
+//!              incarnation) ─> on_start ─> subscribe
+//! loop:     poll a batch (blocking thread; rebalance callbacks run here)
+//!           ─> failure parked by a callback? stop
+//!           ─> engine.process(batch) ─> commit if the interval elapsed
+//!           ─> shutdown requested? leave the loop
+//! shutdown: commit ─> unsubscribe (revoke callbacks run) ─> on_close ─> close the clients
+//! ```
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer;
+use tokio::runtime::Handle;
+use tokio::sync::Mutex;
+use weir_core::{AppInfo, Config, Guarantee, Processor};
+use weir_kafka::admin::Admin;
+use weir_kafka::clients::{consumer_config, producer_config};
+use weir_kafka::errors::{classify, TxnErrorClass};
+
+use crate::engine::{blocking, DeliveryContext, DeliveryState, Engine, WeirConsumer, WeirProducer, CALL_TIMEOUT};
+use crate::rebalance::RebalanceHandler;
+use crate::{instance, poll, telemetry, RuntimeError};
+
+/// How long start-up waits for the cluster to answer.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a run did, returned when it stops cleanly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Input records whose offsets were committed.
+    pub records_in: u64,
+    /// Output records committed.
+    pub records_out: u64,
+    /// Commits.
+    pub commits: u64,
+    /// Aborted transactions (or, in at_least_once, rewinds).
+    pub aborts: u64,
+    /// Poison records skipped.
+    pub skipped: u64,
+    /// Poison records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// A weir application: a configuration, ready to run an operator.
+///
+/// ```no_run
+/// # use weir_runtime::App;
+/// # use weir_core::{Config, Processor};
+/// # async fn demo(processor: impl Processor + 'static) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::builder("orders-enricher", "localhost:9092")
+///     .input_topic("orders")
+///     .output_topic("orders-enriched")
+///     .build()?;
+/// App::new(config).run(processor).await?; // until SIGINT or SIGTERM
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct App {
+    config: Arc<Config>,
+}
+
+impl App {
+    /// An application with a validated configuration.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Runs `processor` until SIGINT or SIGTERM, then commits the open transaction and returns.
+    pub async fn run(self, processor: impl Processor + 'static) -> Result<RunSummary, RuntimeError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return Err(RuntimeError::Internal("cannot install SIGINT/SIGTERM handlers".into()));
+        };
+        let shutdown = async move {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT: committing and shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: committing and shutting down"),
+            }
+        };
+        self.run_until(processor, shutdown).await
+    }
+
+    /// Runs `processor` until `shutdown` completes, then commits the open transaction and
+    /// returns. Returns an error, without committing past the failure, when the application
+    /// cannot go on.
+    pub async fn run_until(
+        self,
+        processor: impl Processor + 'static,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, RuntimeError> {
+        let result = self.run_inner(Box::new(processor), shutdown).await;
+        telemetry::stopped(result.as_ref().err().map(ToString::to_string).as_deref());
+        result
+    }
+
+    async fn run_inner(
+        self,
+        processor: Box<dyn Processor>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, RuntimeError> {
+        let config = Arc::clone(&self.config);
+        let (instance_id, _lock) = instance::resolve(&config)?;
+        let exactly_once = config.guarantee == Guarantee::ExactlyOnce;
+        let transactional_id = config.transactional_id(&instance_id);
+
+        check_cluster(&config).await?;
+
+        let delivery = Arc::new(DeliveryState::default());
+        let producer: WeirProducer = producer_config(&config, &instance_id)
+            .create_with_context(DeliveryContext(Arc::clone(&delivery)))
+            .map_err(|source| RuntimeError::Kafka {
+                during: "creating the producer".into(),
+                source,
+            })?;
+        let producer = Arc::new(producer);
+        if exactly_once {
+            init_transactions(&producer, &transactional_id).await?;
+        }
+        telemetry::started(
+            &config.application_id,
+            &instance_id,
+            &config.guarantee.to_string(),
+            exactly_once.then_some(transactional_id.as_str()),
+        );
+
+        let engine = Arc::new(Mutex::new(Engine::new(
+            Arc::clone(&config),
+            transactional_id,
+            processor,
+            Arc::clone(&producer),
+            delivery,
+        )));
+        let handler = RebalanceHandler {
+            engine: Arc::clone(&engine),
+            handle: Handle::current(),
+            revocations: AtomicU64::new(0),
+            revoked: StdMutex::new(Vec::new()),
+        };
+        let consumer: WeirConsumer = consumer_config(&config, &instance_id)
+            .create_with_context(handler)
+            .map_err(|source| RuntimeError::Kafka {
+                during: "creating the consumer".into(),
+                source,
+            })?;
+        let consumer = Arc::new(consumer);
+
+        let started = {
+            let mut engine = engine.lock().await;
+            engine.set_consumer(&consumer);
+            let info = AppInfo {
+                application_id: config.application_id.clone(),
+                instance_id: instance_id.clone(),
+                guarantee: config.guarantee,
+            };
+            engine.processor().on_start(&info).await.map_err(|e| RuntimeError::Operator {
+                during: "on_start",
+                message: e.to_string(),
+            })
+        };
+        let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
+        let result = match started {
+            Ok(()) => match consumer.subscribe(&topics) {
+                Ok(()) => main_loop(&config, &engine, &consumer, shutdown).await,
+                Err(source) => Err(RuntimeError::Kafka {
+                    during: "subscribing".into(),
+                    source,
+                }),
+            },
+            Err(e) => Err(e),
+        };
+
+        let result = match result {
+            Ok(()) => shut_down(&engine, &consumer).await,
+            Err(e) => {
+                let e = engine.lock().await.stop(e).await;
+                leave_group(&consumer).await;
+                Err(e)
+            }
+        };
+        let summary = engine.lock().await.totals.clone();
+        // Closing the clients blocks (leave group, flush); do it off the async workers.
+        blocking(move || {
+            drop(consumer);
+            drop(producer);
+        })
+        .await;
+        result.map(|()| summary)
+    }
+}
+
+async fn check_cluster(config: &Config) -> Result<(), RuntimeError> {
+    let bootstrap = config.bootstrap_servers.clone();
+    let mut topics: Vec<String> = config.input_topics.clone();
+    topics.extend(config.output_topic.clone());
+    topics.extend(config.dead_letter_topic.clone());
+    blocking(move || -> Result<(), RuntimeError> {
+        let admin = Admin::new(&bootstrap, STARTUP_TIMEOUT)?;
+        admin.ping()?;
+        for t in &topics {
+            admin.partition_count(t)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Fences any earlier producer with this transactional id and aborts its open transaction
+/// (DESIGN.md, "Recovery": this comes before anything reads committed offsets).
+async fn init_transactions(producer: &Arc<WeirProducer>, transactional_id: &str) -> Result<(), RuntimeError> {
+    let mut attempt = 0;
+    loop {
+        let p = Arc::clone(producer);
+        match blocking(move || p.init_transactions(CALL_TIMEOUT)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 5 => {
+                attempt += 1;
+                telemetry::retrying("init_transactions", &e.to_string(), attempt, Duration::from_secs(1));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(source) => {
+                return Err(RuntimeError::Kafka {
+                    during: format!(
+                        "init_transactions for transactional id {transactional_id:?} (is the \
+                         broker's transaction coordinator available? it needs \
+                         transaction.state.log.replication.factor and min.isr no larger than the \
+                         number of brokers)"
+                    ),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+async fn main_loop(
+    config: &Config,
+    engine: &Arc<Mutex<Engine>>,
+    consumer: &Arc<WeirConsumer>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let c = Arc::clone(consumer);
+        let (max, wait) = (config.max_batch_records, config.max_batch_wait);
+        let polled = blocking(move || poll::poll_batch(&c, max, wait)).await;
+
+        let mut engine = engine.lock().await;
+        if let Some(e) = engine.failure.take() {
+            return Err(e);
+        }
+        if let Some(e) = polled.error {
+            poll_error(e)?;
+        }
+        engine.process(polled.records).await?;
+        if engine.commit_due() {
+            engine.commit("interval").await?;
+        }
+        if let Some(e) = engine.failure.take() {
+            return Err(e);
+        }
+        if shutdown.as_mut().now_or_never().is_some() {
+            return Ok(());
+        }
+    }
+}
+
+/// Errors the consumer reports while polling: those that cannot heal stop the application,
+/// the rest (a broker restarting, a connection dropped) are logged while librdkafka recovers.
+fn poll_error(error: KafkaError) -> Result<(), RuntimeError> {
+    use RDKafkaErrorCode as C;
+    let fatal = match &error {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) | KafkaError::Global(code) => matches!(
+            code,
+            C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::AutoOffsetReset
+                | C::Fatal
+        ),
+        _ => false,
+    };
+    if fatal {
+        Err(RuntimeError::Kafka {
+            during: "consuming".into(),
+            source: error,
+        })
+    } else {
+        telemetry::transient("poll", &error.to_string());
+        Ok(())
+    }
+}
+
+/// Graceful shutdown: commit, leave the group (the revoke callback commits anything the
+/// operator emits on revoke), close the operator.
+async fn shut_down(engine: &Arc<Mutex<Engine>>, consumer: &Arc<WeirConsumer>) -> Result<(), RuntimeError> {
+    engine.lock().await.commit("shutdown").await?;
+    leave_group(consumer).await;
+    let mut engine = engine.lock().await;
+    if let Some(e) = engine.failure.take() {
+        return Err(engine.stop(e).await);
+    }
+    engine.processor().on_close().await.map_err(|e| RuntimeError::Operator {
+        during: "on_close",
+        message: e.to_string(),
+    })
+}
+
+/// Unsubscribes and serves the revoke callback, so the group rebalances at once instead of
+/// after the session timeout. Records polled meanwhile are not processed: their offsets were
+/// not committed, so they are read again by the next owner.
+async fn leave_group(consumer: &Arc<WeirConsumer>) {
+    let c = Arc::clone(consumer);
+    blocking(move || {
+        c.unsubscribe();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && c.assignment().map(|a| a.count() > 0).unwrap_or(false)
+        {
+            let _ = c.poll(Duration::from_millis(100));
+        }
+    })
+    .await;
+}

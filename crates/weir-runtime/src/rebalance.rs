@@ -1,0 +1,149 @@
+//! Rebalance callbacks: commit before partitions go, abort when they are lost, resolve start
+//! offsets before they come.
+//!
+//! librdkafka runs these callbacks inside `poll`, which weir only calls from a blocking thread
+//! (see `poll.rs`), with the engine unlocked. The callback takes the engine's lock and drives
+//! its async methods with `Handle::block_on`; their blocking Kafka calls go to other blocking
+//! threads. The partitions are (un)assigned only after the engine returns, so:
+//!
+//! - **revoke**: the operator's `on_partitions_revoked` runs, and the open transaction — with
+//!   the revoked partitions' last offsets — commits *before* they are released to another
+//!   member (Kafka Streams' "commit on revoke");
+//! - **lost** (session timeout, fenced member): the open transaction is aborted, never
+//!   committed, because another member may already own the partitions;
+//! - **assign**: start offsets are resolved (committed offset, else `auto.offset.reset`) and
+//!   assigned explicitly, and `on_partitions_assigned` runs, before the first fetch.
+//!
+//! An error in a callback cannot be returned through librdkafka; it is parked in
+//! `Engine::failure`, and the main loop returns it right after `poll`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::Mutex;
+use weir_core::TopicPartition;
+
+use crate::engine::Engine;
+
+/// The consumer's context.
+pub(crate) struct RebalanceHandler {
+    pub(crate) engine: Arc<Mutex<Engine>>,
+    pub(crate) handle: Handle,
+    /// Bumped on every revocation; lets `poll_batch` notice one happened during a poll.
+    pub(crate) revocations: AtomicU64,
+    /// Partitions revoked since `poll_batch` last cleared this.
+    pub(crate) revoked: StdMutex<Vec<TopicPartition>>,
+}
+
+impl std::fmt::Debug for RebalanceHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RebalanceHandler").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for RebalanceHandler {}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for RebalanceHandler {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts = partitions(tpl);
+                let result = self.handle.block_on(async {
+                    let mut engine = self.engine.lock().await;
+                    let result = engine.on_assign(parts).await;
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "cannot start the assigned partitions");
+                    }
+                    match result {
+                        Ok(starts) => Some(starts),
+                        Err(e) => {
+                            engine.failure.get_or_insert(e);
+                            None
+                        }
+                    }
+                });
+                for s in result.into_iter().flatten() {
+                    // The partitions are in `tpl` already, so this cannot fail.
+                    let _ = tpl.set_partition_offset(
+                        &s.partition.topic,
+                        s.partition.partition,
+                        Offset::Offset(s.start_offset),
+                    );
+                }
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    self.park(crate::RuntimeError::Kafka {
+                        during: "assigning partitions".into(),
+                        source: e,
+                    });
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts = partitions(tpl);
+                let lost = consumer.assignment_lost();
+                self.handle.block_on(async {
+                    let mut engine = self.engine.lock().await;
+                    if let Err(e) = engine.on_revoke(parts.clone(), lost).await {
+                        engine.failure.get_or_insert(e);
+                    }
+                });
+                self.revoked.lock().expect("poisoned").extend(parts);
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = unassigned {
+                    self.park(crate::RuntimeError::Kafka {
+                        during: "unassigning partitions".into(),
+                        source: e,
+                    });
+                }
+            }
+            other => {
+                // librdkafka reports a failed rebalance this way; giving everything up is the
+                // documented response, and the group hands the partitions out again.
+                tracing::error!(error = ?other, "rebalance error; releasing the assignment");
+                let all = consumer.assignment().map(|a| partitions(&a)).unwrap_or_default();
+                self.handle.block_on(async {
+                    let mut engine = self.engine.lock().await;
+                    if let Err(e) = engine.on_revoke(all, true).await {
+                        engine.failure.get_or_insert(e);
+                    }
+                });
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl RebalanceHandler {
+    fn park(&self, error: crate::RuntimeError) {
+        self.handle.block_on(async {
+            self.engine.lock().await.failure.get_or_insert(error);
+        });
+    }
+}

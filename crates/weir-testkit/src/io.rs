@@ -1,0 +1,250 @@
+//! Test helpers on a running [`Kafka`]: topics, producing, reading to the end, offsets.
+//!
+//! All calls block; they panic with a message naming the topic or group when the cluster fails
+//! them, since a test cannot go on anyway.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use weir_kafka::admin::TopicSpec;
+use weir_kafka::clients::base_config;
+
+use crate::Kafka;
+
+/// A record to produce.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestRecord {
+    /// Partition, or `None` for the key's partition.
+    pub partition: Option<i32>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl TestRecord {
+    /// A record with a text key and value, to a chosen partition.
+    pub fn new(partition: i32, key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            partition: Some(partition),
+            key: Some(key.into().into_bytes()),
+            value: Some(value.into().into_bytes()),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReadRecord {
+    /// The key as text (lossy).
+    pub fn key_text(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// The value as text (lossy).
+    pub fn value_text(&self) -> String {
+        String::from_utf8_lossy(self.value.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Which records a read sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Only records of committed transactions (and non-transactional ones).
+    ReadCommitted,
+    /// Everything in the log, aborted transactions included.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read_committed",
+            Self::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
+/// A unique name for a topic, group or transactional id: `{prefix}-{random}`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+impl Kafka {
+    /// Creates a topic with `partitions` partitions and the cluster's default replication.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        self.create_topic_with(TopicSpec::new(name, partitions));
+    }
+
+    /// Creates a topic as specified.
+    pub fn create_topic_with(&self, spec: TopicSpec) {
+        let name = spec.name.clone();
+        self.admin()
+            .create_topics(&[spec])
+            .unwrap_or_else(|e| panic!("creating topic {name}: {e}"));
+    }
+
+    /// Produces records (idempotent, acks=all) and waits until all are acknowledged.
+    pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = TestRecord>) {
+        let producer: ThreadedProducer<DefaultProducerContext> = base_config(self.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("test producer");
+        for r in records {
+            let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                })
+            });
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            if let Some(k) = r.key.as_deref() {
+                rec = rec.key(k);
+            }
+            if let Some(v) = r.value.as_deref() {
+                rec = rec.payload(v);
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => panic!("producing to {topic}: {e}"),
+                }
+            }
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("flushing records to {topic}: {e}"));
+    }
+
+    /// `(partition → end offset)`: the last stable offset under `read_committed`, the high
+    /// watermark under `read_uncommitted`.
+    pub fn end_offsets(&self, topic: &str, isolation: Isolation) -> BTreeMap<i32, i64> {
+        self.admin()
+            .watermarks(topic, isolation == Isolation::ReadCommitted)
+            .unwrap_or_else(|e| panic!("end offsets of {topic}: {e}"))
+            .into_iter()
+            .map(|(p, (_, high))| (p, high))
+            .collect()
+    }
+
+    /// Reads every record of `topic` from the beginning to its current end, in partition
+    /// then offset order.
+    pub fn read_to_end(&self, topic: &str, isolation: Isolation) -> Vec<ReadRecord> {
+        let ends = self.end_offsets(topic, isolation);
+        let consumer: BaseConsumer = base_config(self.bootstrap_servers())
+            .set("group.id", unique("weir-testkit-reader"))
+            .set("isolation.level", isolation.name())
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .expect("test reader");
+        let mut tpl = TopicPartitionList::new();
+        let mut pending: BTreeSet<i32> = BTreeSet::new();
+        for (&p, &end) in &ends {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+            if end > 0 {
+                pending.insert(p);
+            }
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !pending.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} ({}) did not reach the end offsets {ends:?} within 120 s; still waiting for partitions {pending:?}",
+                isolation.name()
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    pending.remove(&p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                Some(Ok(m)) => {
+                    if m.offset() + 1 >= ends[&m.partition()] {
+                        pending.remove(&m.partition());
+                    }
+                    if m.offset() < ends[&m.partition()] {
+                        out.push(ReadRecord {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().map(<[u8]>::to_vec),
+                            headers: m
+                                .headers()
+                                .map(|hs| {
+                                    hs.iter()
+                                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
+    }
+
+    /// The offsets `group` has committed on `topic` (`None`: no commit for that partition).
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> BTreeMap<i32, Option<i64>> {
+        self.admin()
+            .committed_offsets(group, topic)
+            .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"))
+    }
+
+    /// Checks that no transaction is left open on `topic`: on every partition the
+    /// `read_committed` end (last stable offset) equals the `read_uncommitted` end (high
+    /// watermark). Returns the partitions that differ, with both ends.
+    pub fn open_transactions(&self, topic: &str) -> Vec<(i32, i64, i64)> {
+        let committed = self.end_offsets(topic, Isolation::ReadCommitted);
+        let uncommitted = self.end_offsets(topic, Isolation::ReadUncommitted);
+        committed
+            .iter()
+            .filter(|(p, lso)| uncommitted.get(p) != Some(lso))
+            .map(|(p, lso)| (*p, *lso, uncommitted[p]))
+            .collect()
+    }
+}

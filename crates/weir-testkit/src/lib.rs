@@ -1,0 +1,53 @@
+//! weir-testkit: a real Apache Kafka for tests, demos and benchmarks — never a mock.
+//!
+//! [`Kafka::start`] picks the first backend that works:
+//!
+//! 1. `WEIR_KAFKA_BOOTSTRAP=host:port`: an existing cluster (no broker fault injection);
+//! 2. a Docker daemon answers: testcontainers with the `apache/kafka` image (KRaft);
+//! 3. otherwise a local Apache Kafka (KRaft) run with Java 17+ from the Maven Central artifacts
+//!    ([`local`]).
+//!
+//! If none can start, [`shared`] panics with the reason and what to install: tests fail loudly,
+//! they never pass or skip without a broker.
+//!
+//! Tests share one broker per test binary ([`shared`]) and keep out of each other's way with
+//! [`unique`] topic, group and transactional ids; fault-injection tests start clusters of their
+//! own ([`Kafka::start_local`]). [`verify`] names every duplicated, lost or reordered record.
+
+mod cluster;
+pub mod io;
+pub mod local;
+pub mod process;
+pub mod verify;
+
+use std::sync::OnceLock;
+
+pub use cluster::{Backend, Kafka, StartError};
+pub use io::{unique, Isolation, ReadRecord, TestRecord};
+pub use process::{example_bin, ChildProcess};
+pub use verify::{verify_copy, Report};
+pub use weir_kafka::admin::TopicSpec;
+
+/// The broker shared by every test of this test binary, started on first use.
+///
+/// # Panics
+///
+/// When no backend can start, with the reason and what to install or set.
+pub fn shared() -> &'static Kafka {
+    static SHARED: OnceLock<Result<Kafka, String>> = OnceLock::new();
+    let kafka = SHARED.get_or_init(|| {
+        Kafka::start()
+            .inspect(|k| {
+                eprintln!(
+                    "weir-testkit: Kafka at {} ({})",
+                    k.bootstrap_servers(),
+                    k.backend_name()
+                );
+            })
+            .map_err(|e| e.to_string())
+    });
+    match kafka {
+        Ok(k) => k,
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -1,0 +1,475 @@
+//! A local Apache Kafka cluster in KRaft mode, run with Java 17+ from the official Maven Central
+//! artifacts.
+//!
+//! - **Fetch** (once per machine): `mvn dependency:copy-dependencies` on the `kafka/pom.xml` of
+//!   this crate, into `<cache>/kafka-<version>/libs`, where `<cache>` is `$WEIR_CACHE_DIR`, else
+//!   `$XDG_CACHE_HOME/weir`, else `~/.cache/weir` — outside the repository. A file lock keeps
+//!   parallel test binaries from fetching twice.
+//! - **Format**: `kafka.tools.StorageTool format` with one cluster id for all nodes.
+//! - **Run**: `kafka.Kafka server.properties` per node, each node both broker and controller,
+//!   on free loopback ports; the broker log goes to `<dir>/node-<id>/server.log`.
+//! - **Lifetime**: every JVM is started by one long-lived spawner thread with
+//!   `PR_SET_PDEATHSIG = SIGKILL`, so it dies with the test process even when the cluster is a
+//!   never-dropped `static`; a dropped [`LocalCluster`] kills its JVMs at once.
+//!
+//! Single node: internal topics with replication factor 1 and min ISR 1. Several nodes:
+//! replication factor 3 (or the node count) and min ISR 2, and any node can be killed (SIGKILL),
+//! stopped (SIGTERM) and restarted.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::StartError;
+
+/// The Apache Kafka version the local backend runs.
+pub const KAFKA_VERSION: &str = "4.1.1";
+const POM: &str = include_str!("../kafka/pom.xml");
+
+/// One node of a [`LocalCluster`].
+#[derive(Debug)]
+struct Node {
+    id: u32,
+    dir: PathBuf,
+    port: u16,
+    process: Option<Child>,
+}
+
+/// A local KRaft cluster of JVM brokers. See the module documentation.
+#[derive(Debug)]
+pub struct LocalCluster {
+    java: PathBuf,
+    classpath: String,
+    root: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl LocalCluster {
+    /// Fetches Kafka if needed, formats storage and starts `nodes` nodes; returns once every
+    /// broker answers metadata requests.
+    pub fn start(nodes: usize) -> Result<Self, StartError> {
+        assert!(nodes >= 1, "a cluster needs at least one node");
+        let java = find_java()?;
+        let libs = ensure_kafka_jars()?;
+        let classpath = format!("{}/*", libs.display());
+        let root = std::env::temp_dir().join(format!(
+            "weir-kafka-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        fs::create_dir_all(&root).map_err(|e| StartError::io(&root, e))?;
+
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_id = run_java(&java, &classpath, &["kafka.tools.StorageTool", "random-uuid"])?
+            .trim()
+            .to_string();
+        let rf = nodes.min(3);
+        let min_isr = if nodes >= 3 { 2 } else { 1 };
+
+        let mut cluster = Self {
+            java,
+            classpath,
+            root: root.clone(),
+            nodes: Vec::new(),
+        };
+        for (i, (port, controller_port)) in ports.iter().enumerate() {
+            let id = (i + 1) as u32;
+            let dir = root.join(format!("node-{id}"));
+            fs::create_dir_all(dir.join("data")).map_err(|e| StartError::io(&dir, e))?;
+            let props = server_properties(id, *port, *controller_port, &voters, &dir, rf, min_isr);
+            write(&dir.join("server.properties"), &props)?;
+            write(&dir.join("log4j2.properties"), &log4j(&dir))?;
+            let props_path = dir.join("server.properties").display().to_string();
+            run_java(
+                &cluster.java,
+                &cluster.classpath,
+                &["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c", &props_path],
+            )?;
+            cluster.nodes.push(Node {
+                id,
+                dir,
+                port: *port,
+                process: None,
+            });
+        }
+        for i in 0..nodes {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_ready(nodes, Duration::from_secs(90))?;
+        Ok(cluster)
+    }
+
+    /// `host:port,...` of every node.
+    pub fn bootstrap_servers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Number of nodes.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Where node `index`'s broker log is.
+    pub fn log_file(&self, index: usize) -> PathBuf {
+        self.nodes[index].dir.join("server.log")
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<(), StartError> {
+        let node = &self.nodes[index];
+        let stdout = File::create(node.dir.join("stdout.log")).map_err(|e| StartError::io(&node.dir, e))?;
+        let stderr = stdout.try_clone().map_err(|e| StartError::io(&node.dir, e))?;
+        let mut cmd = Command::new(&self.java);
+        cmd.arg("-Xms256m")
+            .arg("-Xmx1g")
+            .arg("-XX:+UseG1GC")
+            .arg("-Djava.awt.headless=true")
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                node.dir.join("log4j2.properties").display()
+            ))
+            .arg("-cp")
+            .arg(&self.classpath)
+            .arg("kafka.Kafka")
+            .arg(node.dir.join("server.properties"))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let child = spawn_guarded(cmd).map_err(|e| StartError::Local {
+            what: format!("starting the broker JVM ({})", self.java.display()),
+            detail: e.to_string(),
+        })?;
+        self.nodes[index].process = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, expected: usize, timeout: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + timeout;
+        let bootstrap = self.bootstrap_servers();
+        let client: rdkafka::consumer::BaseConsumer = weir_kafka::clients::base_config(&bootstrap)
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| StartError::Local {
+                what: "creating a client".into(),
+                detail: e.to_string(),
+            })?;
+        use rdkafka::consumer::Consumer;
+        loop {
+            for n in &mut self.nodes {
+                if let Some(p) = &mut n.process {
+                    if let Ok(Some(status)) = p.try_wait() {
+                        return Err(StartError::Local {
+                            what: format!("broker node {} exited during start-up ({status})", n.id),
+                            detail: tail(&n.dir.join("server.log"), &n.dir.join("stdout.log")),
+                        });
+                    }
+                }
+            }
+            if let Ok(md) = client.fetch_metadata(None, Duration::from_secs(2)) {
+                if md.brokers().len() >= expected {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(StartError::Local {
+                    what: format!("the cluster did not answer within {timeout:?}"),
+                    detail: tail(&self.log_file(0), &self.nodes[0].dir.join("stdout.log")),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills node `index` with SIGKILL (a crash: no controlled shutdown).
+    pub fn kill(&mut self, index: usize) {
+        self.signal(index, libc::SIGKILL);
+    }
+
+    /// Stops node `index` with SIGTERM (a controlled shutdown) and waits for it to exit.
+    pub fn stop(&mut self, index: usize) {
+        self.signal(index, libc::SIGTERM);
+    }
+
+    /// Starts node `index` again (after [`kill`](Self::kill) or [`stop`](Self::stop)) and waits
+    /// until every node answers.
+    pub fn restart(&mut self, index: usize) -> Result<(), StartError> {
+        if self.nodes[index].process.is_none() {
+            self.spawn(index)?;
+        }
+        self.wait_ready(self.nodes.len(), Duration::from_secs(90))
+    }
+
+    fn signal(&mut self, index: usize, signal: i32) {
+        if let Some(mut child) = self.nodes[index].process.take() {
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.signal(i, libc::SIGKILL);
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn server_properties(
+    id: u32,
+    port: u16,
+    controller_port: u16,
+    voters: &str,
+    dir: &Path,
+    rf: usize,
+    min_isr: usize,
+) -> String {
+    let mut s = String::new();
+    let data = dir.join("data");
+    let _ = writeln!(
+        s,
+        "process.roles=broker,controller\n\
+         node.id={id}\n\
+         controller.quorum.voters={voters}\n\
+         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+         controller.listener.names=CONTROLLER\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         log.dirs={data}\n\
+         num.partitions=1\n\
+         auto.create.topics.enable=false\n\
+         default.replication.factor={rf}\n\
+         min.insync.replicas={min_isr}\n\
+         offsets.topic.replication.factor={rf}\n\
+         offsets.topic.num.partitions=10\n\
+         transaction.state.log.replication.factor={rf}\n\
+         transaction.state.log.min.isr={min_isr}\n\
+         transaction.state.log.num.partitions=10\n\
+         share.coordinator.state.topic.replication.factor={rf}\n\
+         share.coordinator.state.topic.min.isr={min_isr}\n\
+         group.initial.rebalance.delay.ms=0\n\
+         transaction.abort.timed.out.transaction.cleanup.interval.ms=5000\n\
+         log.segment.bytes=67108864",
+        data = data.display()
+    );
+    s
+}
+
+fn log4j(dir: &Path) -> String {
+    format!(
+        "rootLogger.level = INFO\n\
+         rootLogger.appenderRef.file.ref = F\n\
+         appender.file.type = File\n\
+         appender.file.name = F\n\
+         appender.file.fileName = {}\n\
+         appender.file.layout.type = PatternLayout\n\
+         appender.file.layout.pattern = [%d] %p %m (%c)%n\n\
+         logger.kafka.name = kafka\n\
+         logger.kafka.level = INFO\n\
+         logger.state.name = state.change.logger\n\
+         logger.state.level = WARN\n",
+        dir.join("server.log").display()
+    )
+}
+
+fn write(path: &Path, text: &str) -> Result<(), StartError> {
+    fs::write(path, text).map_err(|e| StartError::io(path, e))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn tail(log: &Path, stdout: &Path) -> String {
+    let read = |p: &Path| -> Vec<String> {
+        File::open(p)
+            .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+            .unwrap_or_default()
+    };
+    let mut lines = read(log);
+    lines.extend(read(stdout));
+    let start = lines.len().saturating_sub(25);
+    format!(
+        "last lines of {} and {}:\n{}",
+        log.display(),
+        stdout.display(),
+        lines[start..].join("\n")
+    )
+}
+
+/// `$JAVA_HOME/bin/java`, else `java` on the PATH; it must be Java 17 or newer.
+fn find_java() -> Result<PathBuf, StartError> {
+    let java = std::env::var_os("JAVA_HOME")
+        .map(|h| PathBuf::from(h).join("bin/java"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("java"));
+    let out = Command::new(&java).arg("-version").output().map_err(|e| StartError::Missing {
+        tool: "Java 17+".into(),
+        detail: format!("`{} -version` failed: {e}", java.display()),
+    })?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let major = text
+        .split('"')
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major < 17 {
+        return Err(StartError::Missing {
+            tool: "Java 17+".into(),
+            detail: format!("{} reports: {}", java.display(), text.lines().next().unwrap_or("?")),
+        });
+    }
+    Ok(java)
+}
+
+fn run_java(java: &Path, classpath: &str, args: &[&str]) -> Result<String, StartError> {
+    let out = Command::new(java)
+        .arg("-cp")
+        .arg(classpath)
+        .args(args)
+        .output()
+        .map_err(|e| StartError::Local {
+            what: format!("running {}", args.join(" ")),
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(StartError::Local {
+            what: format!("`java {}` failed ({})", args.join(" "), out.status),
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cache directory for the Kafka jars (outside the repository).
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("WEIR_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("weir");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/weir")
+}
+
+/// Returns the directory of the Kafka jars, fetching them with Maven on first use.
+pub fn ensure_kafka_jars() -> Result<PathBuf, StartError> {
+    let dir = cache_dir().join(format!("kafka-{KAFKA_VERSION}"));
+    let libs = dir.join("libs");
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(libs);
+    }
+    fs::create_dir_all(&dir).map_err(|e| StartError::io(&dir, e))?;
+    let lock = File::create(dir.join(".lock")).map_err(|e| StartError::io(&dir, e))?;
+    lock.lock().map_err(|e| StartError::io(&dir, e))?;
+    if done.exists() {
+        return Ok(libs);
+    }
+    let pom = dir.join("pom.xml");
+    write(&pom, POM)?;
+    let staging = dir.join("libs.partial");
+    let _ = fs::remove_dir_all(&staging);
+    eprintln!(
+        "weir-testkit: fetching Apache Kafka {KAFKA_VERSION} from Maven Central into {} (once)",
+        libs.display()
+    );
+    let out = Command::new("mvn")
+        .args(["-B", "-q", "-f"])
+        .arg(&pom)
+        .arg("dependency:copy-dependencies")
+        .arg(format!("-DoutputDirectory={}", staging.display()))
+        .arg("-DincludeScope=runtime")
+        .arg(format!("-Dkafka.version={KAFKA_VERSION}"))
+        .output()
+        .map_err(|e| StartError::Missing {
+            tool: "Maven (mvn)".into(),
+            detail: format!("running mvn failed: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(StartError::Local {
+            what: format!("`mvn dependency:copy-dependencies` for Kafka {KAFKA_VERSION} failed ({})", out.status),
+            detail: format!(
+                "{}{}\nIs Maven Central reachable? Fix that, or set WEIR_KAFKA_BOOTSTRAP to a running cluster.",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    let _ = fs::remove_dir_all(&libs);
+    fs::rename(&staging, &libs).map_err(|e| StartError::io(&libs, e))?;
+    File::create(&done).map_err(|e| StartError::io(&done, e))?;
+    Ok(libs)
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` from one thread that lives as long as the process, with the parent-death signal
+/// set to SIGKILL: the child dies with this process even if nothing ever drops it.
+fn spawn_guarded(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("weir-testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    set_parent_death_signal(&mut cmd);
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("cannot start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, result) = mpsc::channel();
+    spawner
+        .lock()
+        .expect("poisoned")
+        .send((cmd, reply))
+        .expect("the spawner thread is gone");
+    result.recv().expect("the spawner thread is gone")
+}
+
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) is async-signal-safe and touches only the calling (child) process.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,178 @@
+//! The exactly-once verifier for copy pipelines (`mirror`).
+//!
+//! Input records are identified by `(key, value)`, which test generators keep unique. The
+//! verifier compares the input topic with the output topic, partition by partition, and names
+//! every anomaly: duplicated records, lost records, records in the wrong partition, and
+//! partitions whose order differs from the input's.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::io::ReadRecord;
+
+type Id = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn id(r: &ReadRecord) -> Id {
+    (r.key.clone(), r.value.clone())
+}
+
+fn show(r: &ReadRecord) -> String {
+    format!("{}={} (p{}@{})", r.key_text(), r.value_text(), r.partition, r.offset)
+}
+
+/// What the verifier found. [`is_exactly_once`](Report::is_exactly_once) is true when every
+/// list is empty and the counts match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Input records.
+    pub input: usize,
+    /// Output records.
+    pub output: usize,
+    /// Output records seen more than once, with their count.
+    pub duplicated: Vec<String>,
+    /// Input records missing from the output.
+    pub lost: Vec<String>,
+    /// Output records that are not in the input at all.
+    pub unexpected: Vec<String>,
+    /// Output records in another partition than their input.
+    pub misplaced: Vec<String>,
+    /// Partitions whose output order differs from the input order: the first difference.
+    pub reordered: Vec<String>,
+}
+
+impl Report {
+    /// Whether the output is exactly the input, once each, in input order per partition.
+    pub fn is_exactly_once(&self) -> bool {
+        self.input == self.output
+            && self.duplicated.is_empty()
+            && self.lost.is_empty()
+            && self.unexpected.is_empty()
+            && self.misplaced.is_empty()
+            && self.reordered.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} input records, {} output records: {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered",
+            self.input,
+            self.output,
+            self.duplicated.len(),
+            self.lost.len(),
+            self.unexpected.len(),
+            self.misplaced.len(),
+            self.reordered.len()
+        )?;
+        for (name, list) in [
+            ("duplicated", &self.duplicated),
+            ("lost", &self.lost),
+            ("unexpected", &self.unexpected),
+            ("misplaced", &self.misplaced),
+            ("reordered", &self.reordered),
+        ] {
+            for item in list.iter().take(20) {
+                writeln!(f, "  {name}: {item}")?;
+            }
+            if list.len() > 20 {
+                writeln!(f, "  {name}: ... and {} more", list.len() - 20)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares a copy's output with its input (both as read with [`crate::Kafka::read_to_end`]).
+pub fn verify_copy(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
+    let mut report = Report {
+        input: input.len(),
+        output: output.len(),
+        ..Report::default()
+    };
+    let inputs: HashMap<Id, &ReadRecord> = input.iter().map(|r| (id(r), r)).collect();
+    let mut seen: HashMap<Id, (usize, &ReadRecord)> = HashMap::new();
+    for r in output {
+        let e = seen.entry(id(r)).or_insert((0, r));
+        e.0 += 1;
+        match inputs.get(&id(r)) {
+            None => report.unexpected.push(show(r)),
+            Some(i) if i.partition != r.partition => {
+                report.misplaced.push(format!("{} (input in p{})", show(r), i.partition));
+            }
+            Some(_) => {}
+        }
+    }
+    for (count, r) in seen.values() {
+        if *count > 1 {
+            report.duplicated.push(format!("{} x{count}", show(r)));
+        }
+    }
+    for r in input {
+        if !seen.contains_key(&id(r)) {
+            report.lost.push(show(r));
+        }
+    }
+    report.duplicated.sort();
+    // Order: per partition, the first occurrences in the output must follow the input order.
+    let mut by_partition: HashMap<i32, (Vec<&ReadRecord>, Vec<&ReadRecord>)> = HashMap::new();
+    for r in input {
+        by_partition.entry(r.partition).or_default().0.push(r);
+    }
+    let mut firsts: HashMap<Id, ()> = HashMap::new();
+    for r in output {
+        if firsts.insert(id(r), ()).is_none() && inputs.contains_key(&id(r)) {
+            by_partition.entry(r.partition).or_default().1.push(r);
+        }
+    }
+    let mut partitions: Vec<_> = by_partition.into_iter().collect();
+    partitions.sort_by_key(|(p, _)| *p);
+    for (p, (ins, outs)) in partitions {
+        let ins: Vec<&ReadRecord> = ins.into_iter().filter(|r| seen.contains_key(&id(r))).collect();
+        if let Some(i) = (0..ins.len().min(outs.len())).find(|&i| id(ins[i]) != id(outs[i])) {
+            report.reordered.push(format!(
+                "partition {p}: output #{i} is {} where the input has {}",
+                show(outs[i]),
+                show(ins[i])
+            ));
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(p: i32, o: i64, v: &str) -> ReadRecord {
+        ReadRecord {
+            partition: p,
+            offset: o,
+            key: Some(b"k".to_vec()),
+            value: Some(v.as_bytes().to_vec()),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn clean_copy_passes() {
+        let input = vec![rec(0, 0, "a"), rec(0, 1, "b"), rec(1, 0, "c")];
+        let output = vec![rec(0, 5, "a"), rec(0, 7, "b"), rec(1, 3, "c")];
+        let r = verify_copy(&input, &output);
+        assert!(r.is_exactly_once(), "{r}");
+    }
+
+    #[test]
+    fn names_duplicates_losses_misplacement_and_reordering() {
+        let input = vec![rec(0, 0, "a"), rec(0, 1, "b"), rec(0, 2, "c"), rec(1, 0, "d"), rec(1, 1, "e")];
+        let output = vec![rec(0, 0, "b"), rec(0, 1, "a"), rec(0, 2, "a"), rec(0, 3, "d"), rec(1, 0, "zz")];
+        let r = verify_copy(&input, &output);
+        assert!(!r.is_exactly_once());
+        assert_eq!(r.duplicated, vec!["k=a (p0@1) x2".to_string()]);
+        assert_eq!(r.lost, vec!["k=c (p0@2)".to_string(), "k=e (p1@1)".to_string()]);
+        assert_eq!(r.unexpected, vec!["k=zz (p1@0)".to_string()]);
+        assert_eq!(r.misplaced, vec!["k=d (p0@3) (input in p1)".to_string()]);
+        assert_eq!(r.reordered.len(), 1, "{r}");
+        assert!(r.reordered[0].starts_with("partition 0: output #0 is k=b"), "{r}");
+    }
+}
