@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: running an application in-process, waiting for
+//! conditions, generating uniquely identifiable input.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use weir::{App, Config, ConfigBuilder, Processor, RunSummary, RuntimeError};
+use weir_testkit::{unique, Isolation, Kafka, TestRecord};
+
+/// A multi-threaded runtime for one test.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A fresh state directory.
+pub fn state_dir() -> PathBuf {
+    std::env::temp_dir().join(unique("weir-test-state"))
+}
+
+/// A builder for an application on `kafka` reading `input`, writing `output`, with a fresh state
+/// directory and a short commit interval.
+pub fn config(kafka: &Kafka, app: &str, input: &str, output: &str) -> ConfigBuilder {
+    Config::builder(app, kafka.bootstrap_servers())
+        .input_topic(input)
+        .output_topic(output)
+        .state_dir(state_dir())
+        .commit_interval(Duration::from_millis(100))
+}
+
+/// `partitions × per_partition` records with unique keys `k{p}-{i}` and values `v{p}-{i}`.
+pub fn numbered(partitions: i32, per_partition: usize) -> Vec<TestRecord> {
+    (0..per_partition)
+        .flat_map(|i| (0..partitions).map(move |p| TestRecord::new(p, format!("k{p}-{i}"), format!("v{p}-{i}"))))
+        .collect()
+}
+
+/// Polls `check` every 100 ms until it returns true; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Records visible to read_committed readers of `topic`.
+pub fn committed_count(kafka: &Kafka, topic: &str) -> usize {
+    kafka.read_to_end(topic, Isolation::ReadCommitted).len()
+}
+
+/// An application running in-process on its own runtime.
+pub struct InProcess {
+    pub rt: Runtime,
+    handle: Option<JoinHandle<Result<RunSummary, RuntimeError>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl InProcess {
+    /// Starts `processor` under `config`.
+    pub fn start(config: Config, processor: impl Processor + 'static) -> Self {
+        let rt = runtime();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = rt.spawn(async move {
+            App::new(config)
+                .run_until(processor, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self {
+            rt,
+            handle: Some(handle),
+            stop: Some(stop),
+        }
+    }
+
+    /// Whether the application has returned.
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Asks it to shut down gracefully and returns its result.
+    pub fn stop(mut self) -> Result<RunSummary, RuntimeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.join()
+    }
+
+    /// Waits (up to 60 s) for it to return by itself.
+    pub fn join(mut self) -> Result<RunSummary, RuntimeError> {
+        let handle = self.handle.take().expect("joined once");
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), handle)
+                .await
+                .expect("the application did not return within 60 s")
+                .expect("the application task panicked")
+        })
+    }
+}
