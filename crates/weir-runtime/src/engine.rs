@@ -206,7 +206,18 @@ impl Engine {
     }
 
     fn txn_error(&self, during: &'static str, source: KafkaError) -> RuntimeError {
-        if is_fenced(&source) {
+        // Once the producer hit a fatal error, every call reports `ERR__FATAL`; the cause
+        // (fenced or not) is kept by the client.
+        let fatal_fenced = source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+            && self.producer.client().fatal_error().is_some_and(|(code, _)| {
+                matches!(
+                    code,
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            });
+        if is_fenced(&source) || fatal_fenced {
             RuntimeError::Fenced {
                 during: during.to_string(),
                 transactional_id: self.transactional_id.clone(),
@@ -353,6 +364,10 @@ impl Engine {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((source, _)) if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                        result = Err(self.txn_error("produce", source));
+                        break;
                     }
                     Err((source, _)) => {
                         result = Err(RuntimeError::Produce {
