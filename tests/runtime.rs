@@ -154,3 +154,232 @@ fn a_second_incarnation_fences_the_first() {
     assert!(report.is_exactly_once(), "{report}");
     assert!(kafka.open_transactions(&output).is_empty());
 }
+
+/// Mirrors and tells the test when partitions are assigned.
+struct SignalAssigned(std::sync::mpsc::Sender<Vec<weir::AssignedPartition>>);
+
+#[async_trait]
+impl Processor for SignalAssigned {
+    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        Mirror.process(batch, ctx).await
+    }
+
+    async fn on_partitions_assigned(&mut self, partitions: &[weir::AssignedPartition]) -> Result<(), ProcessError> {
+        let _ = self.0.send(partitions.to_vec());
+        Ok(())
+    }
+}
+
+#[test]
+fn auto_offset_reset_earliest_latest_and_none() {
+    let kafka = shared();
+    let input = unique("reset-in");
+    kafka.create_topic(&input, 2);
+    kafka.produce(&input, numbered(2, 50)); // 100 records before any application starts
+
+    // earliest: everything already in the topic.
+    let out_earliest = unique("reset-out-earliest");
+    kafka.create_topic(&out_earliest, 2);
+    let app_earliest = unique("reset-earliest");
+    let running = InProcess::start(
+        config(kafka, &app_earliest, &input, &out_earliest).auto_offset_reset(weir::OffsetReset::Earliest).build().unwrap(),
+        Mirror,
+    );
+    wait_for("100 outputs", Duration::from_secs(60), || committed_count(kafka, &out_earliest) == 100);
+    running.stop().unwrap();
+
+    // latest: only what arrives after the assignment.
+    let out_latest = unique("reset-out-latest");
+    kafka.create_topic(&out_latest, 2);
+    let app_latest = unique("reset-latest");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let running = InProcess::start(
+        config(kafka, &app_latest, &input, &out_latest).auto_offset_reset(weir::OffsetReset::Latest).build().unwrap(),
+        SignalAssigned(tx),
+    );
+    let assigned = rx.recv_timeout(Duration::from_secs(60)).expect("assignment");
+    assert_eq!(assigned.len(), 2);
+    for a in &assigned {
+        assert_eq!((a.start, a.start_offset), (weir::StartFrom::Latest, 50), "{a:?}");
+    }
+    let new: Vec<_> = (0..2).map(|p| weir_testkit::TestRecord::new(p, format!("new{p}"), format!("new-v{p}"))).collect();
+    kafka.produce(&input, new);
+    wait_for("the 2 new records", Duration::from_secs(60), || committed_count(kafka, &out_latest) == 2);
+    running.stop().unwrap();
+    let seen: Vec<String> = kafka.read_to_end(&out_latest, Isolation::ReadCommitted).iter().map(|r| r.key_text()).collect();
+    assert_eq!(seen, vec!["new0", "new1"]);
+
+    // none: refuses without a committed offset, naming the partitions...
+    let out_none = unique("reset-out-none");
+    kafka.create_topic(&out_none, 2);
+    let app_none = unique("reset-none");
+    let err = InProcess::start(
+        config(kafka, &app_none, &input, &out_none).auto_offset_reset(weir::OffsetReset::None).build().unwrap(),
+        Mirror,
+    )
+    .join()
+    .expect_err("auto.offset.reset = none without committed offsets must fail");
+    let message = err.to_string();
+    assert!(matches!(err, weir::RuntimeError::NoCommittedOffset { .. }), "{message}");
+    assert!(message.contains(&format!("{input}/0")) && message.contains(&format!("{input}/1")), "{message}");
+    assert_eq!(committed_count(kafka, &out_none), 0);
+
+    // ...and resumes from the committed offsets when there are some.
+    let running = InProcess::start(
+        config(kafka, &app_earliest, &input, &out_earliest).auto_offset_reset(weir::OffsetReset::None).build().unwrap(),
+        Mirror,
+    );
+    wait_for("the 2 new records after the committed offsets", Duration::from_secs(60), || {
+        committed_count(kafka, &out_earliest) == 102
+    });
+    running.stop().unwrap();
+}
+
+#[test]
+fn at_least_once_commits_offsets_after_the_outputs_without_transactions() {
+    let kafka = shared();
+    let (input, output, app) = (unique("alo-in"), unique("alo-out"), unique("alo-app"));
+    kafka.create_topic(&input, 3);
+    kafka.create_topic(&output, 3);
+    kafka.produce(&input, numbered(3, 500));
+    let config = config(kafka, &app, &input, &output).guarantee(weir::Guarantee::AtLeastOnce).build().unwrap();
+    let running = InProcess::start(config, Mirror);
+    wait_for("offsets at the end", Duration::from_secs(60), || {
+        kafka.committed_offsets(&app, &input).values().all(|o| *o == Some(500))
+    });
+    let summary = running.stop().unwrap();
+    assert_eq!(summary.records_in, 1500);
+    let committed = kafka.read_to_end(&output, Isolation::ReadCommitted);
+    let everything = kafka.read_to_end(&output, Isolation::ReadUncommitted);
+    // No transactions: no markers, nothing hidden; and a clean run copies each record once.
+    assert_eq!(committed, everything);
+    let report = verify_copy(&kafka.read_to_end(&input, Isolation::ReadCommitted), &committed);
+    assert!(report.is_exactly_once(), "{report}");
+}
+
+/// Values must be decimal integers; anything else is poison.
+struct Parse;
+
+#[async_trait]
+impl Processor for Parse {
+    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        for r in batch {
+            match r.value_str().unwrap_or_default().parse::<i64>() {
+                Ok(n) => ctx.emit(weir::Output::new(r.key.clone(), (n * 2).to_string()).to_partition(r.partition)),
+                Err(e) => ctx.poison(r, format!("value {:?} is not an integer: {e}", r.value_str().unwrap_or_default()))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 10 records on partition 0, values 0..10 except offset 5, which is "five".
+fn poison_input(kafka: &weir_testkit::Kafka, input: &str) {
+    let records = (0..10).map(|i| {
+        let mut r = weir_testkit::TestRecord::new(0, format!("k{i}"), if i == 5 { "five".to_string() } else { i.to_string() });
+        r.headers.push(("trace".into(), Some(format!("t{i}").into_bytes())));
+        r
+    });
+    kafka.produce(input, records);
+}
+
+#[test]
+fn poison_fail_stops_without_committing_past_the_record() {
+    let kafka = shared();
+    let (input, output, app) = (unique("poison-in"), unique("poison-out"), unique("poison-fail"));
+    kafka.create_topic(&input, 1);
+    kafka.create_topic(&output, 1);
+    poison_input(kafka, &input);
+    let err = InProcess::start(config(kafka, &app, &input, &output).build().unwrap(), Parse)
+        .join()
+        .expect_err("poison.policy = fail must stop");
+    let message = err.to_string();
+    assert!(matches!(err, weir::RuntimeError::Poison(_)), "{message}");
+    assert!(
+        message.contains(&format!("topic {input} partition 0 offset 5")) && message.contains("\"five\""),
+        "{message}"
+    );
+    assert!(message.contains("poison.policy"), "the error says what to do: {message}");
+    let committed = kafka.committed_offsets(&app, &input)[&0];
+    assert!(committed.is_none_or(|o| o <= 5), "committed past the poison record: {committed:?}");
+    let outputs = kafka.read_to_end(&output, Isolation::ReadCommitted);
+    assert!(outputs.iter().all(|r| r.key_text() < "k5".to_string()), "outputs past the poison record: {outputs:?}");
+}
+
+#[test]
+fn poison_skip_counts_and_goes_on() {
+    let kafka = shared();
+    let (input, output, app) = (unique("poison-in"), unique("poison-out"), unique("poison-skip"));
+    kafka.create_topic(&input, 1);
+    kafka.create_topic(&output, 1);
+    poison_input(kafka, &input);
+    let config = config(kafka, &app, &input, &output).poison_policy(weir::PoisonPolicy::Skip, None).build().unwrap();
+    let running = InProcess::start(config, Parse);
+    wait_for("offsets at the end", Duration::from_secs(60), || kafka.committed_offsets(&app, &input)[&0] == Some(10));
+    let summary = running.stop().unwrap();
+    assert_eq!(summary.skipped, 1);
+    let values: Vec<String> = kafka.read_to_end(&output, Isolation::ReadCommitted).iter().map(|r| r.value_text()).collect();
+    assert_eq!(values, ["0", "2", "4", "6", "8", "12", "14", "16", "18"]);
+}
+
+#[test]
+fn poison_dead_letter_sends_the_original_record_with_error_headers_in_the_transaction() {
+    let kafka = shared();
+    let (input, output, dlq, app) = (unique("poison-in"), unique("poison-out"), unique("poison-dlq"), unique("poison-dlq-app"));
+    kafka.create_topic(&input, 1);
+    kafka.create_topic(&output, 1);
+    kafka.create_topic(&dlq, 1);
+    poison_input(kafka, &input);
+    let config = config(kafka, &app, &input, &output)
+        .poison_policy(weir::PoisonPolicy::DeadLetter, Some(&dlq))
+        .build()
+        .unwrap();
+    let running = InProcess::start(config, Parse);
+    wait_for("offsets at the end", Duration::from_secs(60), || kafka.committed_offsets(&app, &input)[&0] == Some(10));
+    let summary = running.stop().unwrap();
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(kafka.read_to_end(&output, Isolation::ReadCommitted).len(), 9);
+    let dead = kafka.read_to_end(&dlq, Isolation::ReadCommitted);
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!((d.key_text(), d.value_text()), ("k5".to_string(), "five".to_string()));
+    assert_eq!(d.header("trace").as_deref(), Some("t5"), "original headers kept");
+    assert_eq!(d.header(weir::dlq_headers::TOPIC), Some(input.clone()));
+    assert_eq!(d.header(weir::dlq_headers::PARTITION).as_deref(), Some("0"));
+    assert_eq!(d.header(weir::dlq_headers::OFFSET).as_deref(), Some("5"));
+    assert_eq!(d.header(weir::dlq_headers::APPLICATION), Some(app.clone()));
+    assert!(d.header(weir::dlq_headers::ERROR).unwrap().contains("not an integer"));
+    // Transactional: the dead letter is hidden until its transaction commits, like the outputs.
+    assert!(kafka.open_transactions(&dlq).is_empty());
+    let end = kafka.end_offsets(&dlq, Isolation::ReadUncommitted)[&0];
+    assert!(end > dead.len() as i64, "a commit marker follows the dead letter (log end {end}): it was written in a transaction");
+}
+
+#[test]
+fn a_missing_input_topic_is_a_clear_error() {
+    let kafka = shared();
+    let (input, output) = (unique("missing-in"), unique("missing-out"));
+    kafka.create_topic(&output, 1);
+    let err = InProcess::start(config(kafka, &unique("missing"), &input, &output).build().unwrap(), Mirror)
+        .join()
+        .expect_err("a missing input topic must fail");
+    let message = err.to_string();
+    assert!(message.contains(&format!("topic {input:?} does not exist")), "{message}");
+    assert!(message.contains("create it"), "{message}");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error() {
+    let config = weir::Config::builder(unique("unreachable"), "127.0.0.1:1")
+        .input_topic("in")
+        .output_topic("out")
+        .state_dir(state_dir())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = InProcess::start(config, Mirror).join().expect_err("no broker there");
+    let message = err.to_string();
+    assert!(message.contains("cannot reach the Kafka cluster at 127.0.0.1:1"), "{message}");
+    assert!(message.contains("bootstrap.servers"), "says what to check: {message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "fails fast: {:?}", started.elapsed());
+}
