@@ -1,6 +1,9 @@
 //! What every example shares: the common flags (each with a `WEIR_*` environment variable),
 //! turning them into a [`weir::Config`], and logging.
 
+// Each example binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;

@@ -270,9 +270,19 @@ impl Admin {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let committed = client
-            .committed_offsets(tpl, self.timeout)
-            .map_err(self.err(format!("committed offsets of group {group:?}")))?;
+        // Right after a broker starts, the group coordinator may still be loading: retry
+        // until the timeout.
+        let deadline = std::time::Instant::now() + self.timeout;
+        let committed = loop {
+            match client.committed_offsets(tpl.clone(), self.timeout) {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, group, "committed offsets not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(self.err(format!("committed offsets of group {group:?}"))(e)),
+            }
+        };
         Ok(committed
             .elements()
             .iter()

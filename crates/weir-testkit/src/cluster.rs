@@ -133,6 +133,14 @@ impl Kafka {
         })
     }
 
+    /// A handle on a cluster someone else runs (the helpers work, broker faults do not).
+    pub fn start_with_bootstrap(bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap.to_string(),
+            backend: Backend::External,
+        }
+    }
+
     /// `host:port,...` to give clients.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
