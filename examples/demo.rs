@@ -30,7 +30,9 @@ use weir::{async_trait, App, Config, Context, ProcessError, Processor, Record};
 use weir_testkit::{unique, verify_copy, ChildProcess, Isolation, Kafka, TestRecord};
 
 #[derive(Parser, Debug)]
-#[command(about = "weir's exactly-once demo: a copy pipeline, killed with SIGKILL, verified record by record")]
+#[command(
+    about = "weir's exactly-once demo: a copy pipeline, killed with SIGKILL, verified record by record"
+)]
 struct Args {
     /// Records to copy.
     #[arg(long, default_value_t = 100_000)]
@@ -67,7 +69,11 @@ struct Mirror;
 
 #[async_trait]
 impl Processor for Mirror {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         for record in batch {
             ctx.emit(record.forward());
         }
@@ -77,7 +83,14 @@ impl Processor for Mirror {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Worker::Pipeline { bootstrap_servers, application_id, input_topic, output_topic, state_dir }) = args.worker {
+    if let Some(Worker::Pipeline {
+        bootstrap_servers,
+        application_id,
+        input_topic,
+        output_topic,
+        state_dir,
+    }) = args.worker
+    {
         common::init_tracing();
         let config = Config::builder(application_id, bootstrap_servers)
             .input_topic(input_topic)
@@ -98,14 +111,22 @@ fn run_demo(args: &Args) -> anyhow::Result<()> {
         None => {
             println!("▶ starting a local Apache Kafka broker (the first run fetches it from Maven Central)…");
             let kafka = Kafka::start().context("starting a Kafka broker for the demo")?;
-            println!("  Kafka is up at {} ({})", kafka.bootstrap_servers(), kafka.backend_name());
+            println!(
+                "  Kafka is up at {} ({})",
+                kafka.bootstrap_servers(),
+                kafka.backend_name()
+            );
             let b = kafka.bootstrap_servers().to_string();
             _kafka_guard = kafka;
             b
         }
     };
     let kafka = Kafka::start_with_bootstrap(&bootstrap);
-    let (input, output, app) = (unique("demo-orders"), unique("demo-orders-copy"), unique("demo-mirror"));
+    let (input, output, app) = (
+        unique("demo-orders"),
+        unique("demo-orders-copy"),
+        unique("demo-mirror"),
+    );
     kafka.create_topic(&input, 3);
     kafka.create_topic(&output, 3);
 
@@ -113,7 +134,11 @@ fn run_demo(args: &Args) -> anyhow::Result<()> {
     let records: Vec<TestRecord> = (0..args.records)
         .map(|i| {
             let p = (i % 3) as i32;
-            TestRecord::new(p, format!("order-{i}"), format!("{{\"order\":{i},\"amount_cents\":{}}}", (i * 37) % 10_000))
+            TestRecord::new(
+                p,
+                format!("order-{i}"),
+                format!("{{\"order\":{i},\"amount_cents\":{}}}", (i * 37) % 10_000),
+            )
         })
         .collect();
     kafka.produce(&input, records);
@@ -121,24 +146,37 @@ fn run_demo(args: &Args) -> anyhow::Result<()> {
     let state_dir = std::env::temp_dir().join(unique("weir-demo-state"));
     let start_pipeline = || {
         let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-        cmd.args(["pipeline", "--bootstrap-servers", &bootstrap, "--application-id", &app])
-            .args(["--input-topic", &input, "--output-topic", &output])
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .env("RUST_LOG", "warn,librdkafka=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "pipeline",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--application-id",
+            &app,
+        ])
+        .args(["--input-topic", &input, "--output-topic", &output])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .env("RUST_LOG", "warn,librdkafka=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
         ChildProcess::spawn("pipeline", cmd)
     };
 
-    println!("▶ running the exactly-once mirror pipeline, and killing it {} times with SIGKILL", args.kills);
+    println!(
+        "▶ running the exactly-once mirror pipeline, and killing it {} times with SIGKILL",
+        args.kills
+    );
     let bar = ProgressBar::new(args.records as u64);
     bar.set_style(
         ProgressStyle::with_template("  {bar:40.cyan/blue} {pos}/{len} records committed {msg}")
             .expect("template"),
     );
     let committed = |kafka: &Kafka| -> u64 {
-        kafka.committed_offsets(&app, &input).values().map(|o| o.unwrap_or(0) as u64).sum()
+        kafka
+            .committed_offsets(&app, &input)
+            .values()
+            .map(|o| o.unwrap_or(0) as u64)
+            .sum()
     };
     let started = Instant::now();
     let mut pipeline = start_pipeline();
@@ -155,7 +193,9 @@ fn run_demo(args: &Args) -> anyhow::Result<()> {
         if kills < args.kills && Instant::now() >= next_kill {
             pipeline.kill();
             kills += 1;
-            bar.suspend(|| println!("  💥 SIGKILL #{kills} with {done} records committed — restarting"));
+            bar.suspend(|| {
+                println!("  💥 SIGKILL #{kills} with {done} records committed — restarting")
+            });
             pipeline = start_pipeline();
             next_kill = Instant::now() + Duration::from_millis(rng.random_range(800..2_000));
         }
@@ -163,7 +203,10 @@ fn run_demo(args: &Args) -> anyhow::Result<()> {
     bar.finish_with_message("✔");
     let elapsed = started.elapsed();
     let status = pipeline.terminate(Duration::from_secs(30));
-    anyhow::ensure!(status.success(), "the pipeline exited with {status} after SIGTERM");
+    anyhow::ensure!(
+        status.success(),
+        "the pipeline exited with {status} after SIGTERM"
+    );
 
     println!("▶ reading both topics back with read_committed and checking every record");
     let input_records = kafka.read_to_end(&input, Isolation::ReadCommitted);
@@ -181,7 +224,10 @@ fn run_demo(args: &Args) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         args.records as f64 / elapsed.as_secs_f64()
     );
-    anyhow::ensure!(report.is_exactly_once(), "NOT exactly once — this is a bug, please report it");
+    anyhow::ensure!(
+        report.is_exactly_once(),
+        "NOT exactly once — this is a bug, please report it"
+    );
     println!("✔ exactly once: every record copied once, in order, across {kills} SIGKILLs");
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())

@@ -78,16 +78,21 @@ struct Etl {
 
 #[async_trait]
 impl Processor for Etl {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         for record in batch {
-            let order: Order = match serde_json::from_slice(record.value.as_deref().unwrap_or_default()) {
-                Ok(order) => order,
-                Err(e) => {
-                    // The poison policy decides: Err under `fail`, Ok under skip/dead_letter.
-                    ctx.poison(record, format!("not an order: {e}"))?;
-                    continue;
-                }
-            };
+            let order: Order =
+                match serde_json::from_slice(record.value.as_deref().unwrap_or_default()) {
+                    Ok(order) => order,
+                    Err(e) => {
+                        // The poison policy decides: Err under `fail`, Ok under skip/dead_letter.
+                        ctx.poison(record, format!("not an order: {e}"))?;
+                        continue;
+                    }
+                };
             if order.amount_cents < self.min_amount_cents {
                 continue;
             }
@@ -95,12 +100,18 @@ impl Processor for Etl {
                 order_id: &order.order_id,
                 customer: &order.customer,
                 amount_cents: order.amount_cents,
-                amount: format!("{}.{:02}", order.amount_cents / 100, order.amount_cents.rem_euclid(100)),
+                amount: format!(
+                    "{}.{:02}",
+                    order.amount_cents / 100,
+                    order.amount_cents.rem_euclid(100)
+                ),
                 country: &order.country,
                 region: region(&order.country),
             };
             let value = serde_json::to_vec(&enriched).map_err(ProcessError::fatal)?;
-            ctx.emit(Output::new(Some(order.order_id.as_bytes()), value).to_partition(record.partition));
+            ctx.emit(
+                Output::new(Some(order.order_id.as_bytes()), value).to_partition(record.partition),
+            );
         }
         Ok(())
     }

@@ -35,7 +35,11 @@ struct Mirror;
 
 #[async_trait]
 impl Processor for Mirror {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         for record in batch {
             ctx.emit(record.forward());
         }

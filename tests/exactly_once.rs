@@ -15,11 +15,26 @@ use weir_testkit::{example_bin, shared, unique, verify_copy, ChildProcess, Isola
 const PARTITIONS: i32 = 4;
 const PER_PARTITION: usize = 15_000; // 60,000 records in all
 
-fn start_mirror(kafka: &Kafka, app: &str, input: &str, output: &str, state: &Path, run: usize) -> ChildProcess {
-    let log = std::fs::File::create(state.with_extension(format!("run{run}.log"))).expect("log file");
+fn start_mirror(
+    kafka: &Kafka,
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &Path,
+    run: usize,
+) -> ChildProcess {
+    let log =
+        std::fs::File::create(state.with_extension(format!("run{run}.log"))).expect("log file");
     let mut cmd = Command::new(example_bin("mirror"));
     cmd.args(["--bootstrap-servers", kafka.bootstrap_servers()])
-        .args(["--application-id", app, "--input-topic", input, "--output-topic", output])
+        .args([
+            "--application-id",
+            app,
+            "--input-topic",
+            input,
+            "--output-topic",
+            output,
+        ])
         .arg("--state-dir")
         .arg(state)
         .args(["--commit-interval-ms", "1000"])
@@ -68,12 +83,25 @@ fn mirror_is_exactly_once_across_sigkills() {
 
     // The last incarnation finishes the work; then a clean stop.
     let started = Instant::now();
-    wait_for("the group's offsets to reach the end of the input", Duration::from_secs(120), || {
-        kafka.committed_offsets(&app, &input).values().all(|o| *o == Some(PER_PARTITION as i64))
-    });
+    wait_for(
+        "the group's offsets to reach the end of the input",
+        Duration::from_secs(120),
+        || {
+            kafka
+                .committed_offsets(&app, &input)
+                .values()
+                .all(|o| *o == Some(PER_PARTITION as i64))
+        },
+    );
     let status = mirror.terminate(Duration::from_secs(30));
-    assert!(status.success(), "mirror exited with {status} after SIGTERM");
-    eprintln!("caught up {:?} after the last restart; {kills} SIGKILLs", started.elapsed());
+    assert!(
+        status.success(),
+        "mirror exited with {status} after SIGTERM"
+    );
+    eprintln!(
+        "caught up {:?} after the last restart; {kills} SIGKILLs",
+        started.elapsed()
+    );
 
     let input_records = kafka.read_to_end(&input, Isolation::ReadCommitted);
     let committed = kafka.read_to_end(&output, Isolation::ReadCommitted);
@@ -88,6 +116,14 @@ fn mirror_is_exactly_once_across_sigkills() {
         uncommitted.len(),
         committed.len()
     );
-    eprintln!("{} records in the output log, {} visible under read_committed", uncommitted.len(), committed.len());
-    assert_eq!(kafka.open_transactions(&output), vec![], "a transaction was left open");
+    eprintln!(
+        "{} records in the output log, {} visible under read_committed",
+        uncommitted.len(),
+        committed.len()
+    );
+    assert_eq!(
+        kafka.open_transactions(&output),
+        vec![],
+        "a transaction was left open"
+    );
 }

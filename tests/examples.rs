@@ -18,14 +18,19 @@ fn run_to_exit(example: &str, args: &[&str]) -> Output {
 
 fn etl_cmd(kafka: &Kafka, app: &str, input: &str, output: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(example_bin("etl"));
-    cmd.args(["--bootstrap-servers", kafka.bootstrap_servers(), "--application-id", app])
-        .args(["--input-topic", input, "--output-topic", output])
-        .arg("--state-dir")
-        .arg(state_dir())
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--bootstrap-servers",
+        kafka.bootstrap_servers(),
+        "--application-id",
+        app,
+    ])
+    .args(["--input-topic", input, "--output-topic", output])
+    .arg("--state-dir")
+    .arg(state_dir())
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
     cmd
 }
 
@@ -48,19 +53,36 @@ fn orders(input: &str, kafka: &Kafka) {
 #[test]
 fn etl_filters_enriches_and_dead_letters_unparseable_records() {
     let kafka = shared();
-    let (input, output, dlq, app) = (unique("etl-in"), unique("etl-out"), unique("etl-dlq"), unique("etl"));
+    let (input, output, dlq, app) = (
+        unique("etl-in"),
+        unique("etl-out"),
+        unique("etl-dlq"),
+        unique("etl"),
+    );
     for t in [&input, &output, &dlq] {
         kafka.create_topic(t, 1);
     }
     orders(&input, kafka);
-    let etl = ChildProcess::spawn("etl", etl_cmd(kafka, &app, &input, &output, &["--dead-letter-topic", &dlq]));
-    wait_for("offsets at the end", Duration::from_secs(60), || kafka.committed_offsets(&app, &input)[&0] == Some(5));
+    let etl = ChildProcess::spawn(
+        "etl",
+        etl_cmd(kafka, &app, &input, &output, &["--dead-letter-topic", &dlq]),
+    );
+    wait_for("offsets at the end", Duration::from_secs(60), || {
+        kafka.committed_offsets(&app, &input)[&0] == Some(5)
+    });
     let status = etl.terminate(Duration::from_secs(30));
     assert!(status.success(), "etl exited with {status} on SIGTERM");
 
     let out = kafka.read_to_end(&output, Isolation::ReadCommitted);
-    let values: Vec<serde_json::Value> = out.iter().map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()).collect();
-    assert_eq!(out.iter().map(|r| r.key_text()).collect::<Vec<_>>(), ["o-1", "o-3", "o-5"], "o-2 (0 cents) filtered out");
+    let values: Vec<serde_json::Value> = out
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        out.iter().map(|r| r.key_text()).collect::<Vec<_>>(),
+        ["o-1", "o-3", "o-5"],
+        "o-2 (0 cents) filtered out"
+    );
     assert_eq!(values[0]["region"], "EU");
     assert_eq!(values[0]["amount"], "12.50");
     assert_eq!(values[1]["region"], "APAC");
@@ -71,7 +93,10 @@ fn etl_filters_enriches_and_dead_letters_unparseable_records() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].value_text(), "not json at all");
     assert_eq!(dead[0].header("weir.error.offset").as_deref(), Some("3"));
-    assert!(dead[0].header("weir.error.message").unwrap().contains("not an order"));
+    assert!(dead[0]
+        .header("weir.error.message")
+        .unwrap()
+        .contains("not an order"));
 }
 
 #[test]
@@ -81,37 +106,86 @@ fn etl_with_poison_policy_fail_exits_non_zero_naming_the_record() {
     kafka.create_topic(&input, 1);
     kafka.create_topic(&output, 1);
     orders(&input, kafka);
-    let out = etl_cmd(kafka, &app, &input, &output, &[]).output().expect("run etl");
+    let out = etl_cmd(kafka, &app, &input, &output, &[])
+        .output()
+        .expect("run etl");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "etl must fail on the poison record");
-    assert!(stderr.contains(&format!("poison record at topic {input} partition 0 offset 3")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "poison record at topic {input} partition 0 offset 3"
+        )),
+        "{stderr}"
+    );
     assert!(kafka.committed_offsets(&app, &input)[&0].is_none_or(|o| o <= 3));
 }
 
 #[test]
 fn bad_configuration_is_refused_with_the_key_and_what_to_do() {
     let kafka = shared();
-    let base = ["--bootstrap-servers", kafka.bootstrap_servers(), "--application-id", "cfg", "--input-topic", "in", "--output-topic", "out"];
+    let base = [
+        "--bootstrap-servers",
+        kafka.bootstrap_servers(),
+        "--application-id",
+        "cfg",
+        "--input-topic",
+        "in",
+        "--output-topic",
+        "out",
+    ];
 
     let mut args = base.to_vec();
-    args.extend(["--commit-interval-ms", "5000", "--set", "transaction.timeout.ms=3000"]);
+    args.extend([
+        "--commit-interval-ms",
+        "5000",
+        "--set",
+        "transaction.timeout.ms=3000",
+    ]);
     let out = run_to_exit("mirror", &args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("`transaction.timeout.ms`: 3000 ms is not above commit.interval.ms (5000 ms)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "`transaction.timeout.ms`: 3000 ms is not above commit.interval.ms (5000 ms)"
+        ),
+        "{stderr}"
+    );
 
     let file = state_dir().with_extension("toml");
-    std::fs::write(&file, "application.id = \"cfg\"\ncommit.intervall.ms = 10\n").unwrap();
-    let out = run_to_exit("mirror", &["--config", file.to_str().unwrap(), "--bootstrap-servers", kafka.bootstrap_servers(), "--input-topic", "in"]);
+    std::fs::write(
+        &file,
+        "application.id = \"cfg\"\ncommit.intervall.ms = 10\n",
+    )
+    .unwrap();
+    let out = run_to_exit(
+        "mirror",
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--bootstrap-servers",
+            kafka.bootstrap_servers(),
+            "--input-topic",
+            "in",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("unknown field `commit.intervall.ms`"), "{stderr}");
-    assert!(stderr.contains(file.to_str().unwrap()) || stderr.contains("--config"), "{stderr}");
+    assert!(
+        stderr.contains("unknown field `commit.intervall.ms`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(file.to_str().unwrap()) || stderr.contains("--config"),
+        "{stderr}"
+    );
 
     let out = run_to_exit("mirror", &["--input-topic", "in"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("missing field `application.id`") && stderr.contains("WEIR_"), "{stderr}");
+    assert!(
+        stderr.contains("missing field `application.id`") && stderr.contains("WEIR_"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -124,12 +198,24 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
     let state = state_dir();
     let start = || {
         let mut cmd = Command::new(example_bin("mirror"));
-        cmd.args(["--bootstrap-servers", kafka.bootstrap_servers(), "--application-id", &app])
-            .args(["--input-topic", &input, "--output-topic", &output, "--guarantee", "at_least_once"])
-            .arg("--state-dir")
-            .arg(&state)
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null());
+        cmd.args([
+            "--bootstrap-servers",
+            kafka.bootstrap_servers(),
+            "--application-id",
+            &app,
+        ])
+        .args([
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--guarantee",
+            "at_least_once",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null());
         ChildProcess::spawn("mirror", cmd)
     };
     let mut mirror = start();
@@ -139,7 +225,10 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         mirror = start();
     }
     wait_for("offsets at the end", Duration::from_secs(90), || {
-        kafka.committed_offsets(&app, &input).values().all(|o| *o == Some(10_000))
+        kafka
+            .committed_offsets(&app, &input)
+            .values()
+            .all(|o| *o == Some(10_000))
     });
     assert!(mirror.terminate(Duration::from_secs(30)).success());
     let report = weir_testkit::verify_copy(
@@ -147,6 +236,12 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     // at_least_once: duplicates are allowed after a crash, losses are not.
-    assert!(report.lost.is_empty() && report.unexpected.is_empty() && report.misplaced.is_empty(), "{report}");
-    eprintln!("at_least_once after 3 SIGKILLs: {} duplicated records (allowed), 0 lost", report.duplicated.len());
+    assert!(
+        report.lost.is_empty() && report.unexpected.is_empty() && report.misplaced.is_empty(),
+        "{report}"
+    );
+    eprintln!(
+        "at_least_once after 3 SIGKILLs: {} duplicated records (allowed), 0 lost",
+        report.duplicated.len()
+    );
 }

@@ -13,7 +13,11 @@ struct Mirror;
 
 #[async_trait]
 impl Processor for Mirror {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         for r in batch {
             ctx.emit(r.forward());
         }
@@ -29,8 +33,13 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
     kafka.create_topic(&output, 3);
     kafka.produce(&input, numbered(3, 1000));
 
-    let running = InProcess::start(config(kafka, &app, &input, &output).build().unwrap(), Mirror);
-    wait_for("3000 committed outputs", Duration::from_secs(60), || committed_count(kafka, &output) >= 3000);
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output).build().unwrap(),
+        Mirror,
+    );
+    wait_for("3000 committed outputs", Duration::from_secs(60), || {
+        committed_count(kafka, &output) >= 3000
+    });
     let summary = running.stop().expect("clean stop");
 
     let report = verify_copy(
@@ -41,7 +50,10 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
     assert_eq!(summary.records_in, 3000);
     assert_eq!(summary.records_out, 3000);
     let committed = kafka.committed_offsets(&app, &input);
-    assert_eq!(committed.values().copied().collect::<Vec<_>>(), vec![Some(1000); 3]);
+    assert_eq!(
+        committed.values().copied().collect::<Vec<_>>(),
+        vec![Some(1000); 3]
+    );
     assert!(kafka.open_transactions(&output).is_empty());
 }
 
@@ -55,14 +67,21 @@ struct FailOnce {
 
 #[async_trait]
 impl Processor for FailOnce {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         for r in batch {
             if !self.failed && (r.partition, r.offset) == self.fail_at {
                 self.failed = true;
                 // Let the transaction's records reach the broker, so the abort has something
                 // to hide.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return Err(ProcessError::retriable(format!("injected failure at {}", r.coordinates())));
+                return Err(ProcessError::retriable(format!(
+                    "injected failure at {}",
+                    r.coordinates()
+                )));
             }
             ctx.emit(r.forward());
         }
@@ -70,7 +89,8 @@ impl Processor for FailOnce {
     }
 
     async fn on_abort(&mut self) -> Result<(), ProcessError> {
-        self.aborts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.aborts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }
@@ -96,16 +116,30 @@ fn an_operator_error_aborts_and_nothing_of_it_is_visible() {
         .build()
         .unwrap();
     let running = InProcess::start(config, processor);
-    wait_for("the group's offsets to reach the end", Duration::from_secs(90), || {
-        kafka.committed_offsets(&app, &input).values().all(|o| *o == Some(2000))
-    });
+    wait_for(
+        "the group's offsets to reach the end",
+        Duration::from_secs(90),
+        || {
+            kafka
+                .committed_offsets(&app, &input)
+                .values()
+                .all(|o| *o == Some(2000))
+        },
+    );
     let summary = running.stop().expect("clean stop");
 
-    assert_eq!(aborts.load(std::sync::atomic::Ordering::SeqCst), 1, "on_abort once");
+    assert_eq!(
+        aborts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "on_abort once"
+    );
     assert_eq!(summary.aborts, 1);
     let committed = kafka.read_to_end(&output, Isolation::ReadCommitted);
     let everything = kafka.read_to_end(&output, Isolation::ReadUncommitted);
-    let report = verify_copy(&kafka.read_to_end(&input, Isolation::ReadCommitted), &committed);
+    let report = verify_copy(
+        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &committed,
+    );
     assert!(report.is_exactly_once(), "{report}");
     assert!(
         everything.len() > committed.len(),
@@ -127,9 +161,19 @@ fn a_second_incarnation_fences_the_first() {
 
     // Same application id and instance id (so the same transactional id), two state dirs: a
     // copy of an instance started by mistake, or a zombie that comes back.
-    let same_instance = |k| config(kafka, &app, &input, &output).instance_id("twin").kafka("linger.ms", k).build().unwrap();
+    let same_instance = |k| {
+        config(kafka, &app, &input, &output)
+            .instance_id("twin")
+            .kafka("linger.ms", k)
+            .build()
+            .unwrap()
+    };
     let first = InProcess::start(same_instance("5"), Mirror);
-    wait_for("the first incarnation to commit", Duration::from_secs(60), || committed_count(kafka, &output) > 0);
+    wait_for(
+        "the first incarnation to commit",
+        Duration::from_secs(60),
+        || committed_count(kafka, &output) > 0,
+    );
 
     let second = InProcess::start(same_instance("5"), Mirror);
     // Keep input flowing so the first incarnation attempts another transactional call.
@@ -137,15 +181,34 @@ fn a_second_incarnation_fences_the_first() {
         kafka.produce(&input, chunk.to_vec());
         std::thread::sleep(Duration::from_millis(200));
     }
-    wait_for("the first incarnation to stop", Duration::from_secs(60), || first.finished());
-    let err = first.join().expect_err("the fenced incarnation must stop with an error");
-    assert!(matches!(err, weir::RuntimeError::Fenced { .. }), "not the fenced error path: {err}");
+    wait_for(
+        "the first incarnation to stop",
+        Duration::from_secs(60),
+        || first.finished(),
+    );
+    let err = first
+        .join()
+        .expect_err("the fenced incarnation must stop with an error");
+    assert!(
+        matches!(err, weir::RuntimeError::Fenced { .. }),
+        "not the fenced error path: {err}"
+    );
     let message = err.to_string();
-    assert!(message.contains("fenced") && message.contains(&format!("{app}-twin")), "{message}");
+    assert!(
+        message.contains("fenced") && message.contains(&format!("{app}-twin")),
+        "{message}"
+    );
 
-    wait_for("the second incarnation to finish the input", Duration::from_secs(90), || {
-        kafka.committed_offsets(&app, &input).values().all(|o| *o == Some(3000))
-    });
+    wait_for(
+        "the second incarnation to finish the input",
+        Duration::from_secs(90),
+        || {
+            kafka
+                .committed_offsets(&app, &input)
+                .values()
+                .all(|o| *o == Some(3000))
+        },
+    );
     second.stop().expect("clean stop");
     let report = verify_copy(
         &kafka.read_to_end(&input, Isolation::ReadCommitted),
@@ -160,11 +223,18 @@ struct SignalAssigned(std::sync::mpsc::Sender<Vec<weir::AssignedPartition>>);
 
 #[async_trait]
 impl Processor for SignalAssigned {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         Mirror.process(batch, ctx).await
     }
 
-    async fn on_partitions_assigned(&mut self, partitions: &[weir::AssignedPartition]) -> Result<(), ProcessError> {
+    async fn on_partitions_assigned(
+        &mut self,
+        partitions: &[weir::AssignedPartition],
+    ) -> Result<(), ProcessError> {
         let _ = self.0.send(partitions.to_vec());
         Ok(())
     }
@@ -182,10 +252,15 @@ fn auto_offset_reset_earliest_latest_and_none() {
     kafka.create_topic(&out_earliest, 2);
     let app_earliest = unique("reset-earliest");
     let running = InProcess::start(
-        config(kafka, &app_earliest, &input, &out_earliest).auto_offset_reset(weir::OffsetReset::Earliest).build().unwrap(),
+        config(kafka, &app_earliest, &input, &out_earliest)
+            .auto_offset_reset(weir::OffsetReset::Earliest)
+            .build()
+            .unwrap(),
         Mirror,
     );
-    wait_for("100 outputs", Duration::from_secs(60), || committed_count(kafka, &out_earliest) == 100);
+    wait_for("100 outputs", Duration::from_secs(60), || {
+        committed_count(kafka, &out_earliest) == 100
+    });
     running.stop().unwrap();
 
     // latest: only what arrives after the assignment.
@@ -194,19 +269,36 @@ fn auto_offset_reset_earliest_latest_and_none() {
     let app_latest = unique("reset-latest");
     let (tx, rx) = std::sync::mpsc::channel();
     let running = InProcess::start(
-        config(kafka, &app_latest, &input, &out_latest).auto_offset_reset(weir::OffsetReset::Latest).build().unwrap(),
+        config(kafka, &app_latest, &input, &out_latest)
+            .auto_offset_reset(weir::OffsetReset::Latest)
+            .build()
+            .unwrap(),
         SignalAssigned(tx),
     );
-    let assigned = rx.recv_timeout(Duration::from_secs(60)).expect("assignment");
+    let assigned = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("assignment");
     assert_eq!(assigned.len(), 2);
     for a in &assigned {
-        assert_eq!((a.start, a.start_offset), (weir::StartFrom::Latest, 50), "{a:?}");
+        assert_eq!(
+            (a.start, a.start_offset),
+            (weir::StartFrom::Latest, 50),
+            "{a:?}"
+        );
     }
-    let new: Vec<_> = (0..2).map(|p| weir_testkit::TestRecord::new(p, format!("new{p}"), format!("new-v{p}"))).collect();
+    let new: Vec<_> = (0..2)
+        .map(|p| weir_testkit::TestRecord::new(p, format!("new{p}"), format!("new-v{p}")))
+        .collect();
     kafka.produce(&input, new);
-    wait_for("the 2 new records", Duration::from_secs(60), || committed_count(kafka, &out_latest) == 2);
+    wait_for("the 2 new records", Duration::from_secs(60), || {
+        committed_count(kafka, &out_latest) == 2
+    });
     running.stop().unwrap();
-    let seen: Vec<String> = kafka.read_to_end(&out_latest, Isolation::ReadCommitted).iter().map(|r| r.key_text()).collect();
+    let seen: Vec<String> = kafka
+        .read_to_end(&out_latest, Isolation::ReadCommitted)
+        .iter()
+        .map(|r| r.key_text())
+        .collect();
     assert_eq!(seen, vec!["new0", "new1"]);
 
     // none: refuses without a committed offset, naming the partitions...
@@ -214,24 +306,38 @@ fn auto_offset_reset_earliest_latest_and_none() {
     kafka.create_topic(&out_none, 2);
     let app_none = unique("reset-none");
     let err = InProcess::start(
-        config(kafka, &app_none, &input, &out_none).auto_offset_reset(weir::OffsetReset::None).build().unwrap(),
+        config(kafka, &app_none, &input, &out_none)
+            .auto_offset_reset(weir::OffsetReset::None)
+            .build()
+            .unwrap(),
         Mirror,
     )
     .join()
     .expect_err("auto.offset.reset = none without committed offsets must fail");
     let message = err.to_string();
-    assert!(matches!(err, weir::RuntimeError::NoCommittedOffset { .. }), "{message}");
-    assert!(message.contains(&format!("{input}/0")) && message.contains(&format!("{input}/1")), "{message}");
+    assert!(
+        matches!(err, weir::RuntimeError::NoCommittedOffset { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{input}/0")) && message.contains(&format!("{input}/1")),
+        "{message}"
+    );
     assert_eq!(committed_count(kafka, &out_none), 0);
 
     // ...and resumes from the committed offsets when there are some.
     let running = InProcess::start(
-        config(kafka, &app_earliest, &input, &out_earliest).auto_offset_reset(weir::OffsetReset::None).build().unwrap(),
+        config(kafka, &app_earliest, &input, &out_earliest)
+            .auto_offset_reset(weir::OffsetReset::None)
+            .build()
+            .unwrap(),
         Mirror,
     );
-    wait_for("the 2 new records after the committed offsets", Duration::from_secs(60), || {
-        committed_count(kafka, &out_earliest) == 102
-    });
+    wait_for(
+        "the 2 new records after the committed offsets",
+        Duration::from_secs(60),
+        || committed_count(kafka, &out_earliest) == 102,
+    );
     running.stop().unwrap();
 }
 
@@ -242,10 +348,16 @@ fn at_least_once_commits_offsets_after_the_outputs_without_transactions() {
     kafka.create_topic(&input, 3);
     kafka.create_topic(&output, 3);
     kafka.produce(&input, numbered(3, 500));
-    let config = config(kafka, &app, &input, &output).guarantee(weir::Guarantee::AtLeastOnce).build().unwrap();
+    let config = config(kafka, &app, &input, &output)
+        .guarantee(weir::Guarantee::AtLeastOnce)
+        .build()
+        .unwrap();
     let running = InProcess::start(config, Mirror);
     wait_for("offsets at the end", Duration::from_secs(60), || {
-        kafka.committed_offsets(&app, &input).values().all(|o| *o == Some(500))
+        kafka
+            .committed_offsets(&app, &input)
+            .values()
+            .all(|o| *o == Some(500))
     });
     let summary = running.stop().unwrap();
     assert_eq!(summary.records_in, 1500);
@@ -253,7 +365,10 @@ fn at_least_once_commits_offsets_after_the_outputs_without_transactions() {
     let everything = kafka.read_to_end(&output, Isolation::ReadUncommitted);
     // No transactions: no markers, nothing hidden; and a clean run copies each record once.
     assert_eq!(committed, everything);
-    let report = verify_copy(&kafka.read_to_end(&input, Isolation::ReadCommitted), &committed);
+    let report = verify_copy(
+        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &committed,
+    );
     assert!(report.is_exactly_once(), "{report}");
 }
 
@@ -262,11 +377,23 @@ struct Parse;
 
 #[async_trait]
 impl Processor for Parse {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
         for r in batch {
             match r.value_str().unwrap_or_default().parse::<i64>() {
-                Ok(n) => ctx.emit(weir::Output::new(r.key.clone(), (n * 2).to_string()).to_partition(r.partition)),
-                Err(e) => ctx.poison(r, format!("value {:?} is not an integer: {e}", r.value_str().unwrap_or_default()))?,
+                Ok(n) => ctx.emit(
+                    weir::Output::new(r.key.clone(), (n * 2).to_string()).to_partition(r.partition),
+                ),
+                Err(e) => ctx.poison(
+                    r,
+                    format!(
+                        "value {:?} is not an integer: {e}",
+                        r.value_str().unwrap_or_default()
+                    ),
+                )?,
             }
         }
         Ok(())
@@ -276,8 +403,17 @@ impl Processor for Parse {
 /// 10 records on partition 0, values 0..10 except offset 5, which is "five".
 fn poison_input(kafka: &weir_testkit::Kafka, input: &str) {
     let records = (0..10).map(|i| {
-        let mut r = weir_testkit::TestRecord::new(0, format!("k{i}"), if i == 5 { "five".to_string() } else { i.to_string() });
-        r.headers.push(("trace".into(), Some(format!("t{i}").into_bytes())));
+        let mut r = weir_testkit::TestRecord::new(
+            0,
+            format!("k{i}"),
+            if i == 5 {
+                "five".to_string()
+            } else {
+                i.to_string()
+            },
+        );
+        r.headers
+            .push(("trace".into(), Some(format!("t{i}").into_bytes())));
         r
     });
     kafka.produce(input, records);
@@ -286,7 +422,11 @@ fn poison_input(kafka: &weir_testkit::Kafka, input: &str) {
 #[test]
 fn poison_fail_stops_without_committing_past_the_record() {
     let kafka = shared();
-    let (input, output, app) = (unique("poison-in"), unique("poison-out"), unique("poison-fail"));
+    let (input, output, app) = (
+        unique("poison-in"),
+        unique("poison-out"),
+        unique("poison-fail"),
+    );
     kafka.create_topic(&input, 1);
     kafka.create_topic(&output, 1);
     poison_input(kafka, &input);
@@ -296,36 +436,64 @@ fn poison_fail_stops_without_committing_past_the_record() {
     let message = err.to_string();
     assert!(matches!(err, weir::RuntimeError::Poison(_)), "{message}");
     assert!(
-        message.contains(&format!("topic {input} partition 0 offset 5")) && message.contains("\"five\""),
+        message.contains(&format!("topic {input} partition 0 offset 5"))
+            && message.contains("\"five\""),
         "{message}"
     );
-    assert!(message.contains("poison.policy"), "the error says what to do: {message}");
+    assert!(
+        message.contains("poison.policy"),
+        "the error says what to do: {message}"
+    );
     let committed = kafka.committed_offsets(&app, &input)[&0];
-    assert!(committed.is_none_or(|o| o <= 5), "committed past the poison record: {committed:?}");
+    assert!(
+        committed.is_none_or(|o| o <= 5),
+        "committed past the poison record: {committed:?}"
+    );
     let outputs = kafka.read_to_end(&output, Isolation::ReadCommitted);
-    assert!(outputs.iter().all(|r| r.key_text() < "k5".to_string()), "outputs past the poison record: {outputs:?}");
+    assert!(
+        outputs.iter().all(|r| r.key_text().as_str() < "k5"),
+        "outputs past the poison record: {outputs:?}"
+    );
 }
 
 #[test]
 fn poison_skip_counts_and_goes_on() {
     let kafka = shared();
-    let (input, output, app) = (unique("poison-in"), unique("poison-out"), unique("poison-skip"));
+    let (input, output, app) = (
+        unique("poison-in"),
+        unique("poison-out"),
+        unique("poison-skip"),
+    );
     kafka.create_topic(&input, 1);
     kafka.create_topic(&output, 1);
     poison_input(kafka, &input);
-    let config = config(kafka, &app, &input, &output).poison_policy(weir::PoisonPolicy::Skip, None).build().unwrap();
+    let config = config(kafka, &app, &input, &output)
+        .poison_policy(weir::PoisonPolicy::Skip, None)
+        .build()
+        .unwrap();
     let running = InProcess::start(config, Parse);
-    wait_for("offsets at the end", Duration::from_secs(60), || kafka.committed_offsets(&app, &input)[&0] == Some(10));
+    wait_for("offsets at the end", Duration::from_secs(60), || {
+        kafka.committed_offsets(&app, &input)[&0] == Some(10)
+    });
     let summary = running.stop().unwrap();
     assert_eq!(summary.skipped, 1);
-    let values: Vec<String> = kafka.read_to_end(&output, Isolation::ReadCommitted).iter().map(|r| r.value_text()).collect();
+    let values: Vec<String> = kafka
+        .read_to_end(&output, Isolation::ReadCommitted)
+        .iter()
+        .map(|r| r.value_text())
+        .collect();
     assert_eq!(values, ["0", "2", "4", "6", "8", "12", "14", "16", "18"]);
 }
 
 #[test]
 fn poison_dead_letter_sends_the_original_record_with_error_headers_in_the_transaction() {
     let kafka = shared();
-    let (input, output, dlq, app) = (unique("poison-in"), unique("poison-out"), unique("poison-dlq"), unique("poison-dlq-app"));
+    let (input, output, dlq, app) = (
+        unique("poison-in"),
+        unique("poison-out"),
+        unique("poison-dlq"),
+        unique("poison-dlq-app"),
+    );
     kafka.create_topic(&input, 1);
     kafka.create_topic(&output, 1);
     kafka.create_topic(&dlq, 1);
@@ -335,24 +503,42 @@ fn poison_dead_letter_sends_the_original_record_with_error_headers_in_the_transa
         .build()
         .unwrap();
     let running = InProcess::start(config, Parse);
-    wait_for("offsets at the end", Duration::from_secs(60), || kafka.committed_offsets(&app, &input)[&0] == Some(10));
+    wait_for("offsets at the end", Duration::from_secs(60), || {
+        kafka.committed_offsets(&app, &input)[&0] == Some(10)
+    });
     let summary = running.stop().unwrap();
     assert_eq!(summary.dead_lettered, 1);
-    assert_eq!(kafka.read_to_end(&output, Isolation::ReadCommitted).len(), 9);
+    assert_eq!(
+        kafka.read_to_end(&output, Isolation::ReadCommitted).len(),
+        9
+    );
     let dead = kafka.read_to_end(&dlq, Isolation::ReadCommitted);
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
-    assert_eq!((d.key_text(), d.value_text()), ("k5".to_string(), "five".to_string()));
-    assert_eq!(d.header("trace").as_deref(), Some("t5"), "original headers kept");
-    assert_eq!(d.header(weir::dlq_headers::TOPIC), Some(input.clone()));
+    assert_eq!(
+        (d.key_text(), d.value_text()),
+        ("k5".to_string(), "five".to_string())
+    );
+    assert_eq!(
+        d.header("trace").as_deref(),
+        Some("t5"),
+        "original headers kept"
+    );
+    assert_eq!(d.header(weir::dlq_headers::TOPIC), Some(input));
     assert_eq!(d.header(weir::dlq_headers::PARTITION).as_deref(), Some("0"));
     assert_eq!(d.header(weir::dlq_headers::OFFSET).as_deref(), Some("5"));
-    assert_eq!(d.header(weir::dlq_headers::APPLICATION), Some(app.clone()));
-    assert!(d.header(weir::dlq_headers::ERROR).unwrap().contains("not an integer"));
+    assert_eq!(d.header(weir::dlq_headers::APPLICATION), Some(app));
+    assert!(d
+        .header(weir::dlq_headers::ERROR)
+        .unwrap()
+        .contains("not an integer"));
     // Transactional: the dead letter is hidden until its transaction commits, like the outputs.
     assert!(kafka.open_transactions(&dlq).is_empty());
     let end = kafka.end_offsets(&dlq, Isolation::ReadUncommitted)[&0];
-    assert!(end > dead.len() as i64, "a commit marker follows the dead letter (log end {end}): it was written in a transaction");
+    assert!(
+        end > dead.len() as i64,
+        "a commit marker follows the dead letter (log end {end}): it was written in a transaction"
+    );
 }
 
 #[test]
@@ -360,11 +546,19 @@ fn a_missing_input_topic_is_a_clear_error() {
     let kafka = shared();
     let (input, output) = (unique("missing-in"), unique("missing-out"));
     kafka.create_topic(&output, 1);
-    let err = InProcess::start(config(kafka, &unique("missing"), &input, &output).build().unwrap(), Mirror)
-        .join()
-        .expect_err("a missing input topic must fail");
+    let err = InProcess::start(
+        config(kafka, &unique("missing"), &input, &output)
+            .build()
+            .unwrap(),
+        Mirror,
+    )
+    .join()
+    .expect_err("a missing input topic must fail");
     let message = err.to_string();
-    assert!(message.contains(&format!("topic {input:?} does not exist")), "{message}");
+    assert!(
+        message.contains(&format!("topic {input:?} does not exist")),
+        "{message}"
+    );
     assert!(message.contains("create it"), "{message}");
 }
 
@@ -377,9 +571,21 @@ fn an_unreachable_broker_is_a_clear_error() {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let err = InProcess::start(config, Mirror).join().expect_err("no broker there");
+    let err = InProcess::start(config, Mirror)
+        .join()
+        .expect_err("no broker there");
     let message = err.to_string();
-    assert!(message.contains("cannot reach the Kafka cluster at 127.0.0.1:1"), "{message}");
-    assert!(message.contains("bootstrap.servers"), "says what to check: {message}");
-    assert!(started.elapsed() < Duration::from_secs(30), "fails fast: {:?}", started.elapsed());
+    assert!(
+        message.contains("cannot reach the Kafka cluster at 127.0.0.1:1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("bootstrap.servers"),
+        "says what to check: {message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
 }

@@ -56,8 +56,14 @@ impl CommonArgs {
                 map.insert(k.to_string(), v);
             }
         };
-        put("bootstrap.servers", self.bootstrap_servers.clone().map(Into::into));
-        put("application.id", self.application_id.clone().map(Into::into));
+        put(
+            "bootstrap.servers",
+            self.bootstrap_servers.clone().map(Into::into),
+        );
+        put(
+            "application.id",
+            self.application_id.clone().map(Into::into),
+        );
         put(
             "input.topics",
             self.input_topic
@@ -65,12 +71,21 @@ impl CommonArgs {
                 .map(|t| toml::Value::Array(vec![t.into()])),
         );
         put("output.topic", self.output_topic.clone().map(Into::into));
-        put("state.dir", self.state_dir.as_ref().map(|d| d.display().to_string().into()));
+        put(
+            "state.dir",
+            self.state_dir
+                .as_ref()
+                .map(|d| d.display().to_string().into()),
+        );
         put("instance.id", self.instance_id.clone().map(Into::into));
-        put("processing.guarantee", self.guarantee.clone().map(Into::into));
+        put(
+            "processing.guarantee",
+            self.guarantee.clone().map(Into::into),
+        );
         put(
             "commit.interval.ms",
-            self.commit_interval_ms.map(|ms| toml::Value::Integer(ms as i64)),
+            self.commit_interval_ms
+                .map(|ms| toml::Value::Integer(ms as i64)),
         );
         for (k, v) in extra {
             put(k, Some(v.clone()));

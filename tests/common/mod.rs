@@ -38,7 +38,10 @@ pub fn config(kafka: &Kafka, app: &str, input: &str, output: &str) -> ConfigBuil
 /// `partitions × per_partition` records with unique keys `k{p}-{i}` and values `v{p}-{i}`.
 pub fn numbered(partitions: i32, per_partition: usize) -> Vec<TestRecord> {
     (0..per_partition)
-        .flat_map(|i| (0..partitions).map(move |p| TestRecord::new(p, format!("k{p}-{i}"), format!("v{p}-{i}"))))
+        .flat_map(|i| {
+            (0..partitions)
+                .map(move |p| TestRecord::new(p, format!("k{p}-{i}"), format!("v{p}-{i}")))
+        })
         .collect()
 }
 
@@ -46,7 +49,10 @@ pub fn numbered(partitions: i32, per_partition: usize) -> Vec<TestRecord> {
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

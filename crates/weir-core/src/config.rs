@@ -98,7 +98,11 @@ pub struct Config {
 
     /// `commit.interval.ms`: how long one transaction (exactly_once) or one offset commit
     /// period (at_least_once) lasts. Default 100 ms.
-    #[serde(rename = "commit.interval.ms", default = "defaults::commit_interval", with = "millis")]
+    #[serde(
+        rename = "commit.interval.ms",
+        default = "defaults::commit_interval",
+        with = "millis"
+    )]
     pub commit_interval: Duration,
 
     /// `transaction.timeout.ms`: the broker aborts a transaction left open this long. Must be
@@ -120,12 +124,19 @@ pub struct Config {
     pub max_batch_records: usize,
 
     /// `max.batch.wait.ms`: how long a poll waits for the first record of a batch. Default 50.
-    #[serde(rename = "max.batch.wait.ms", default = "defaults::max_batch_wait", with = "millis")]
+    #[serde(
+        rename = "max.batch.wait.ms",
+        default = "defaults::max_batch_wait",
+        with = "millis"
+    )]
     pub max_batch_wait: Duration,
 
     /// `processing.retries`: how many times in a row a `Retriable` operator error is retried
     /// (each time from the committed offsets) before the application stops. Default 3.
-    #[serde(rename = "processing.retries", default = "defaults::processing_retries")]
+    #[serde(
+        rename = "processing.retries",
+        default = "defaults::processing_retries"
+    )]
     pub processing_retries: u32,
 
     /// `state.dir`: where the instance id (and, with state stores, the state) is kept. Default
@@ -197,7 +208,10 @@ mod millis {
 const MANAGED: &[(&str, &str)] = &[
     ("group.id", "it is `application.id`"),
     ("bootstrap.servers", "set `bootstrap.servers`"),
-    ("enable.auto.commit", "weir commits offsets itself, only after processing"),
+    (
+        "enable.auto.commit",
+        "weir commits offsets itself, only after processing",
+    ),
     ("enable.auto.offset.store", "weir stores offsets itself"),
     ("isolation.level", "it follows `processing.guarantee`"),
     ("auto.offset.reset", "set `auto.offset.reset`"),
@@ -253,7 +267,10 @@ impl Config {
         bootstrap_servers: impl Into<String>,
     ) -> ConfigBuilder {
         let mut map = ConfigMap::new();
-        map.insert("application.id".into(), toml::Value::String(application_id.into()));
+        map.insert(
+            "application.id".into(),
+            toml::Value::String(application_id.into()),
+        );
         map.insert(
             "bootstrap.servers".into(),
             toml::Value::String(bootstrap_servers.into()),
@@ -278,10 +295,12 @@ impl Config {
 
     /// Parses TOML text into a flat [`ConfigMap`] (not yet validated).
     pub fn read_toml_str(text: &str) -> Result<ConfigMap, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin: None,
-            message: e.message().to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: None,
+                message: e.message().to_string(),
+            })?;
         let mut map = ConfigMap::new();
         flatten("", toml::Value::Table(table), &mut map);
         Ok(map)
@@ -319,12 +338,11 @@ impl Config {
         for (p, table) in pass {
             root.insert(p.to_string(), toml::Value::Table(table));
         }
-        let config = Config::deserialize(toml::Value::Table(root)).map_err(|e| {
-            ConfigError::Parse {
+        let config =
+            Config::deserialize(toml::Value::Table(root)).map_err(|e| ConfigError::Parse {
                 origin: None,
                 message: e.to_string().trim().to_string(),
-            }
-        })?;
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -347,18 +365,30 @@ impl Config {
             ));
         }
         if let Some(id) = &self.instance_id {
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
                 return Err(invalid(
                     "instance.id",
-                    format!("{id:?} must be non-empty and use only letters, digits, '.', '_' and '-'"),
+                    format!(
+                        "{id:?} must be non-empty and use only letters, digits, '.', '_' and '-'"
+                    ),
                 ));
             }
         }
         if self.bootstrap_servers.trim().is_empty() {
-            return Err(invalid("bootstrap.servers", "must name at least one broker, e.g. localhost:9092"));
+            return Err(invalid(
+                "bootstrap.servers",
+                "must name at least one broker, e.g. localhost:9092",
+            ));
         }
         if self.input_topics.is_empty() || self.input_topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(invalid("input.topics", "must list at least one topic, and no empty names"));
+            return Err(invalid(
+                "input.topics",
+                "must list at least one topic, and no empty names",
+            ));
         }
         if let Some(out) = &self.output_topic {
             if self.input_topics.contains(out) {
@@ -371,7 +401,9 @@ impl Config {
         if self.commit_interval.is_zero() {
             return Err(invalid("commit.interval.ms", "must be at least 1"));
         }
-        if self.guarantee == Guarantee::ExactlyOnce && self.transaction_timeout <= self.commit_interval {
+        if self.guarantee == Guarantee::ExactlyOnce
+            && self.transaction_timeout <= self.commit_interval
+        {
             return Err(invalid(
                 "transaction.timeout.ms",
                 format!(
@@ -387,18 +419,23 @@ impl Config {
             return Err(invalid("max.batch.records", "must be at least 1"));
         }
         match (&self.poison_policy, &self.dead_letter_topic) {
-            (PoisonPolicy::DeadLetter, None) => {
+            (PoisonPolicy::DeadLetter, None) => return Err(invalid(
+                "dead.letter.topic",
+                "poison.policy = dead_letter needs a dead.letter.topic to send poison records to",
+            )),
+            (_, Some(dlq)) if self.input_topics.contains(dlq) => {
                 return Err(invalid(
                     "dead.letter.topic",
-                    "poison.policy = dead_letter needs a dead.letter.topic to send poison records to",
+                    format!("{dlq:?} is also an input topic"),
                 ))
-            }
-            (_, Some(dlq)) if self.input_topics.contains(dlq) => {
-                return Err(invalid("dead.letter.topic", format!("{dlq:?} is also an input topic")))
             }
             _ => {}
         }
-        for (prefix, map) in [("kafka", &self.kafka), ("consumer", &self.consumer), ("producer", &self.producer)] {
+        for (prefix, map) in [
+            ("kafka", &self.kafka),
+            ("consumer", &self.consumer),
+            ("producer", &self.producer),
+        ] {
             for key in map.keys() {
                 if let Some((_, why)) = MANAGED.iter().find(|(k, _)| k == key) {
                     return Err(invalid(
@@ -426,7 +463,11 @@ fn flatten(prefix: &str, value: toml::Value, out: &mut ConfigMap) {
     match value {
         toml::Value::Table(table) => {
             for (k, v) in table {
-                let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -570,15 +611,25 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.kafka.get("linger.ms").map(String::as_str), Some("5"));
-        assert_eq!(c.consumer.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
-        assert_eq!(c.producer.get("compression.type").map(String::as_str), Some("lz4"));
+        assert_eq!(
+            c.consumer.get("fetch.max.bytes").map(String::as_str),
+            Some("1048576")
+        );
+        assert_eq!(
+            c.producer.get("compression.type").map(String::as_str),
+            Some("lz4")
+        );
     }
 
     #[test]
     fn unknown_key_is_rejected_by_name() {
-        let err = Config::from_toml_str(&format!("{MINIMAL}\ncommit.intervall.ms = 5")).unwrap_err();
+        let err =
+            Config::from_toml_str(&format!("{MINIMAL}\ncommit.intervall.ms = 5")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("commit.intervall.ms") || msg.contains("commit"), "{msg}");
+        assert!(
+            msg.contains("commit.intervall.ms") || msg.contains("commit"),
+            "{msg}"
+        );
         assert!(msg.contains("unknown field"), "{msg}");
     }
 
@@ -590,7 +641,10 @@ mod tests {
         .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("`transaction.timeout.ms`"), "{msg}");
-        assert!(msg.contains("not above commit.interval.ms (5000 ms)"), "{msg}");
+        assert!(
+            msg.contains("not above commit.interval.ms (5000 ms)"),
+            "{msg}"
+        );
         // at_least_once has no transactions, so the same numbers are fine there.
         Config::from_toml_str(&format!(
             "{MINIMAL}\ncommit.interval.ms = 5000\ntransaction.timeout.ms = 5000\nprocessing.guarantee = \"at_least_once\""
@@ -600,24 +654,34 @@ mod tests {
 
     #[test]
     fn managed_librdkafka_properties_are_refused() {
-        let err = Config::from_toml_str(&format!("{MINIMAL}\nconsumer.\"enable.auto.commit\" = true"))
-            .unwrap_err();
-        assert!(err.to_string().contains("`consumer.enable.auto.commit`"), "{err}");
+        let err = Config::from_toml_str(&format!(
+            "{MINIMAL}\nconsumer.\"enable.auto.commit\" = true"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`consumer.enable.auto.commit`"),
+            "{err}"
+        );
         assert!(err.to_string().contains("only after processing"), "{err}");
     }
 
     #[test]
     fn dead_letter_needs_a_topic_and_bad_enum_values_are_named() {
-        let err = Config::from_toml_str(&format!("{MINIMAL}\npoison.policy = \"dead_letter\"")).unwrap_err();
+        let err = Config::from_toml_str(&format!("{MINIMAL}\npoison.policy = \"dead_letter\""))
+            .unwrap_err();
         assert!(err.to_string().contains("`dead.letter.topic`"), "{err}");
-        let err = Config::from_toml_str(&format!("{MINIMAL}\nauto.offset.reset = \"smallest\"")).unwrap_err();
+        let err = Config::from_toml_str(&format!("{MINIMAL}\nauto.offset.reset = \"smallest\""))
+            .unwrap_err();
         assert!(err.to_string().contains("smallest"), "{err}");
         assert!(err.to_string().contains("earliest"), "{err}");
     }
 
     #[test]
     fn builder_validates_like_the_file() {
-        let err = Config::builder("bad id!", "localhost:9092").input_topic("in").build().unwrap_err();
+        let err = Config::builder("bad id!", "localhost:9092")
+            .input_topic("in")
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("`application.id`"), "{err}");
         let ok = Config::builder("app", "localhost:9092")
             .input_topic("in")
@@ -629,7 +693,11 @@ mod tests {
             .unwrap();
         assert_eq!(ok.guarantee, Guarantee::AtLeastOnce);
         assert_eq!(ok.transactional_id("i1"), "app-i1");
-        let err = Config::builder("app", "localhost:9092").input_topic("in").output_topic("in").build().unwrap_err();
+        let err = Config::builder("app", "localhost:9092")
+            .input_topic("in")
+            .output_topic("in")
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("consume its own output"), "{err}");
     }
 }

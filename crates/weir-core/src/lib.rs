@@ -10,7 +10,9 @@ pub mod error;
 pub mod processor;
 pub mod record;
 
-pub use config::{Config, ConfigBuilder, ConfigError, ConfigMap, Guarantee, OffsetReset, PoisonPolicy};
+pub use config::{
+    Config, ConfigBuilder, ConfigError, ConfigMap, Guarantee, OffsetReset, PoisonPolicy,
+};
 pub use error::{BoxError, PoisonRecord, ProcessError};
 pub use processor::{
     dlq_headers, AppInfo, AssignedPartition, CommitInfo, Context, PoisonHandling, PoisonTally,

@@ -75,8 +75,11 @@ use crate::record::{Header, Output, Record, TopicPartition};
 #[async_trait]
 pub trait Processor: Send {
     /// Processes one batch, emitting outputs through `ctx`.
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>)
-        -> Result<(), ProcessError>;
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError>;
 
     /// Called once before the first batch, after the producer is initialised (in exactly_once,
     /// after `init_transactions` fenced any previous incarnation of this instance).

@@ -28,7 +28,12 @@ impl Header {
 
 impl fmt::Debug for Header {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}", self.key, self.value.as_deref().map(String::from_utf8_lossy))
+        write!(
+            f,
+            "{}={:?}",
+            self.key,
+            self.value.as_deref().map(String::from_utf8_lossy)
+        )
     }
 }
 
@@ -80,12 +85,16 @@ pub struct Record {
 impl Record {
     /// The key as UTF-8 text, if there is a key and it is valid UTF-8.
     pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
     }
 
     /// The value as UTF-8 text, if there is a value and it is valid UTF-8.
     pub fn value_str(&self) -> Option<&str> {
-        self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok())
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// Where this record lives: `topic/partition@offset`, for error messages and logs.

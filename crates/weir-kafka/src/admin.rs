@@ -28,7 +28,7 @@ pub enum AdminError {
         /// How long weir waited.
         timeout: Duration,
         /// The client error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// A topic does not exist.
     #[error("topic {topic:?} does not exist on {bootstrap}; create it first (or check the name)")]
@@ -46,7 +46,7 @@ pub enum AdminError {
         /// The bootstrap servers.
         bootstrap: String,
         /// The client error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -85,7 +85,9 @@ pub struct Admin {
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("Admin")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 
@@ -98,7 +100,7 @@ impl Admin {
             move |source| AdminError::Kafka {
                 what,
                 bootstrap,
-                source,
+                source: Box::new(source),
             }
         };
         let consumer: BaseConsumer = base_config(bootstrap)
@@ -121,7 +123,7 @@ impl Admin {
         move |source| AdminError::Kafka {
             what,
             bootstrap: self.bootstrap.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -133,7 +135,7 @@ impl Admin {
             .map_err(|source| AdminError::Unreachable {
                 bootstrap: self.bootstrap.clone(),
                 timeout: self.timeout,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -152,7 +154,7 @@ impl Admin {
                 source => AdminError::Unreachable {
                     bootstrap: self.bootstrap.clone(),
                     timeout: self.timeout,
-                    source,
+                    source: Box::new(source),
                 },
             })?;
         match md.topics().iter().find(|t| t.name() == topic) {
@@ -182,7 +184,11 @@ impl Admin {
             .zip(&configs)
             .map(|(t, cfg)| {
                 cfg.iter().fold(
-                    NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)),
+                    NewTopic::new(
+                        &t.name,
+                        t.partitions,
+                        TopicReplication::Fixed(t.replication),
+                    ),
                     |nt, (k, v)| nt.set(k, v),
                 )
             })
@@ -196,7 +202,7 @@ impl Admin {
                     return Err(AdminError::Kafka {
                         what: format!("creating topic {topic:?}"),
                         bootstrap: self.bootstrap.clone(),
-                        source: KafkaError::AdminOp(code),
+                        source: Box::new(KafkaError::AdminOp(code)),
                     });
                 }
             }

@@ -20,7 +20,10 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
     apply(&mut c, &config.consumer);
     c.set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.application_id)
-        .set("client.id", format!("{}-{}-consumer", config.application_id, instance_id))
+        .set(
+            "client.id",
+            format!("{}-{}-consumer", config.application_id, instance_id),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -51,14 +54,18 @@ pub fn producer_config(config: &Config, instance_id: &str) -> ClientConfig {
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.producer);
     c.set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", format!("{}-{}-producer", config.application_id, instance_id))
+        .set(
+            "client.id",
+            format!("{}-{}-producer", config.application_id, instance_id),
+        )
         .set("enable.idempotence", "true")
         .set("acks", "all");
     if config.guarantee == Guarantee::ExactlyOnce {
-        c.set("transactional.id", config.transactional_id(instance_id)).set(
-            "transaction.timeout.ms",
-            config.transaction_timeout.as_millis().to_string(),
-        );
+        c.set("transactional.id", config.transactional_id(instance_id))
+            .set(
+                "transaction.timeout.ms",
+                config.transaction_timeout.as_millis().to_string(),
+            );
     }
     c
 }

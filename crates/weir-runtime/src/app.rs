@@ -27,7 +27,9 @@ use weir_kafka::admin::Admin;
 use weir_kafka::clients::{consumer_config, producer_config};
 use weir_kafka::errors::{classify, TxnErrorClass};
 
-use crate::engine::{blocking, DeliveryContext, DeliveryState, Engine, WeirConsumer, WeirProducer, CALL_TIMEOUT};
+use crate::engine::{
+    blocking, DeliveryContext, DeliveryState, Engine, WeirConsumer, WeirProducer, CALL_TIMEOUT,
+};
 use crate::rebalance::RebalanceHandler;
 use crate::{instance, poll, telemetry, RuntimeError};
 
@@ -78,11 +80,19 @@ impl App {
     }
 
     /// Runs `processor` until SIGINT or SIGTERM, then commits the open transaction and returns.
-    pub async fn run(self, processor: impl Processor + 'static) -> Result<RunSummary, RuntimeError> {
+    pub async fn run(
+        self,
+        processor: impl Processor + 'static,
+    ) -> Result<RunSummary, RuntimeError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let signals = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        let signals = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
         let (Ok(mut int), Ok(mut term)) = signals else {
-            return Err(RuntimeError::Internal("cannot install SIGINT/SIGTERM handlers".into()));
+            return Err(RuntimeError::Internal(
+                "cannot install SIGINT/SIGTERM handlers".into(),
+            ));
         };
         let shutdown = async move {
             tokio::select! {
@@ -123,7 +133,7 @@ impl App {
             .create_with_context(DeliveryContext(Arc::clone(&delivery)))
             .map_err(|source| RuntimeError::Kafka {
                 during: "creating the producer".into(),
-                source,
+                source: source.into(),
             })?;
         let producer = Arc::new(producer);
         if exactly_once {
@@ -153,7 +163,7 @@ impl App {
             .create_with_context(handler)
             .map_err(|source| RuntimeError::Kafka {
                 during: "creating the consumer".into(),
-                source,
+                source: source.into(),
             })?;
         let consumer = Arc::new(consumer);
 
@@ -165,10 +175,14 @@ impl App {
                 instance_id: instance_id.clone(),
                 guarantee: config.guarantee,
             };
-            engine.processor().on_start(&info).await.map_err(|e| RuntimeError::Operator {
-                during: "on_start",
-                message: e.to_string(),
-            })
+            engine
+                .processor()
+                .on_start(&info)
+                .await
+                .map_err(|e| RuntimeError::Operator {
+                    during: "on_start",
+                    message: e.to_string(),
+                })
         };
         let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
         let result = match started {
@@ -176,7 +190,7 @@ impl App {
                 Ok(()) => main_loop(&config, &engine, &consumer, shutdown).await,
                 Err(source) => Err(RuntimeError::Kafka {
                     during: "subscribing".into(),
-                    source,
+                    source: source.into(),
                 }),
             },
             Err(e) => Err(e),
@@ -219,7 +233,10 @@ async fn check_cluster(config: &Config) -> Result<(), RuntimeError> {
 
 /// Fences any earlier producer with this transactional id and aborts its open transaction
 /// (DESIGN.md, "Recovery": this comes before anything reads committed offsets).
-async fn init_transactions(producer: &Arc<WeirProducer>, transactional_id: &str) -> Result<(), RuntimeError> {
+async fn init_transactions(
+    producer: &Arc<WeirProducer>,
+    transactional_id: &str,
+) -> Result<(), RuntimeError> {
     let mut attempt = 0;
     loop {
         let p = Arc::clone(producer);
@@ -227,7 +244,12 @@ async fn init_transactions(producer: &Arc<WeirProducer>, transactional_id: &str)
             Ok(()) => return Ok(()),
             Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 5 => {
                 attempt += 1;
-                telemetry::retrying("init_transactions", &e.to_string(), attempt, Duration::from_secs(1));
+                telemetry::retrying(
+                    "init_transactions",
+                    &e.to_string(),
+                    attempt,
+                    Duration::from_secs(1),
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(source) => {
@@ -238,7 +260,7 @@ async fn init_transactions(producer: &Arc<WeirProducer>, transactional_id: &str)
                          transaction.state.log.replication.factor and min.isr no larger than the \
                          number of brokers)"
                     ),
-                    source,
+                    source: source.into(),
                 })
             }
         }
@@ -297,7 +319,7 @@ fn poll_error(error: KafkaError) -> Result<(), RuntimeError> {
     if fatal {
         Err(RuntimeError::Kafka {
             during: "consuming".into(),
-            source: error,
+            source: error.into(),
         })
     } else {
         telemetry::transient("poll", &error.to_string());
@@ -307,17 +329,24 @@ fn poll_error(error: KafkaError) -> Result<(), RuntimeError> {
 
 /// Graceful shutdown: commit, leave the group (the revoke callback commits anything the
 /// operator emits on revoke), close the operator.
-async fn shut_down(engine: &Arc<Mutex<Engine>>, consumer: &Arc<WeirConsumer>) -> Result<(), RuntimeError> {
+async fn shut_down(
+    engine: &Arc<Mutex<Engine>>,
+    consumer: &Arc<WeirConsumer>,
+) -> Result<(), RuntimeError> {
     engine.lock().await.commit("shutdown").await?;
     leave_group(consumer).await;
     let mut engine = engine.lock().await;
     if let Some(e) = engine.failure.take() {
         return Err(engine.stop(e).await);
     }
-    engine.processor().on_close().await.map_err(|e| RuntimeError::Operator {
-        during: "on_close",
-        message: e.to_string(),
-    })
+    engine
+        .processor()
+        .on_close()
+        .await
+        .map_err(|e| RuntimeError::Operator {
+            during: "on_close",
+            message: e.to_string(),
+        })
 }
 
 /// Unsubscribes and serves the revoke callback, so the group rebalances at once instead of

@@ -45,9 +45,8 @@ use rdkafka::message::{DeliveryResult, Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use weir_core::{
-    AssignedPartition, CommitInfo, Config, Context, Guarantee, OffsetReset, Output,
-    PoisonHandling, PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom,
-    TopicPartition,
+    AssignedPartition, CommitInfo, Config, Context, Guarantee, OffsetReset, Output, PoisonHandling,
+    PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom, TopicPartition,
 };
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
@@ -209,24 +208,28 @@ impl Engine {
         // Once the producer hit a fatal error, every call reports `ERR__FATAL`; the cause
         // (fenced or not) is kept by the client.
         let fatal_fenced = source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
-            && self.producer.client().fatal_error().is_some_and(|(code, _)| {
-                matches!(
-                    code,
-                    RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                )
-            });
+            && self
+                .producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| {
+                    matches!(
+                        code,
+                        RDKafkaErrorCode::Fenced
+                            | RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                    )
+                });
         if is_fenced(&source) || fatal_fenced {
             RuntimeError::Fenced {
                 during: during.to_string(),
                 transactional_id: self.transactional_id.clone(),
-                source,
+                source: source.into(),
             }
         } else {
             RuntimeError::Kafka {
                 during: during.to_string(),
-                source,
+                source: source.into(),
             }
         }
     }
@@ -365,7 +368,9 @@ impl Engine {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((source, _)) if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                    Err((source, _))
+                        if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) =>
+                    {
                         result = Err(self.txn_error("produce", source));
                         break;
                     }
@@ -373,7 +378,7 @@ impl Engine {
                         result = Err(RuntimeError::Produce {
                             topic: topic.to_string(),
                             partition: out.partition,
-                            source,
+                            source: source.into(),
                         });
                         break;
                     }
@@ -435,8 +440,11 @@ impl Engine {
         if !self.txn_open {
             return Ok(None);
         }
-        let offsets: Vec<(TopicPartition, i64)> =
-            self.positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
         if !offsets.is_empty() {
             let tpl = to_tpl(&offsets);
             let Some(group) = self.consumer().group_metadata() else {
@@ -503,9 +511,7 @@ impl Engine {
     }
 
     /// at_least_once: wait until every output is acknowledged, then commit the offsets.
-    async fn commit_offsets(
-        &mut self,
-    ) -> Result<Option<Vec<(TopicPartition, i64)>>, RuntimeError> {
+    async fn commit_offsets(&mut self) -> Result<Option<Vec<(TopicPartition, i64)>>, RuntimeError> {
         if self.positions.is_empty() {
             return Ok(None);
         }
@@ -513,7 +519,7 @@ impl Engine {
         if let Err(source) = blocking(move || producer.flush(CALL_TIMEOUT)).await {
             let err = RuntimeError::Kafka {
                 during: "flush before committing offsets".into(),
-                source,
+                source: source.into(),
             };
             return Err(self.stop(err).await);
         }
@@ -526,8 +532,11 @@ impl Engine {
             };
             return Err(self.stop(err).await);
         }
-        let offsets: Vec<(TopicPartition, i64)> =
-            self.positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
         let tpl = to_tpl(&offsets);
         let consumer = self.consumer();
         match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
@@ -584,15 +593,22 @@ impl Engine {
             let starts = resolve_starts(&consumer, &group, &partitions, policy)?;
             let mut tpl = TopicPartitionList::new();
             for s in &starts {
-                tpl.add_partition_offset(&s.partition.topic, s.partition.partition, Offset::Offset(s.start_offset))
-                    .map_err(|source| kafka("seek", source))?;
+                tpl.add_partition_offset(
+                    &s.partition.topic,
+                    s.partition.partition,
+                    Offset::Offset(s.start_offset),
+                )
+                .map_err(|source| kafka("seek", source))?;
             }
             let result = consumer
                 .seek_partitions(tpl, CALL_TIMEOUT)
                 .map_err(|source| kafka("seek to the committed offsets", source))?;
             for e in result.elements() {
                 if let Err(source) = e.error() {
-                    return Err(kafka(&format!("seek {}/{}", e.topic(), e.partition()), source));
+                    return Err(kafka(
+                        &format!("seek {}/{}", e.topic(), e.partition()),
+                        source,
+                    ));
                 }
             }
             Ok(())
@@ -656,7 +672,8 @@ impl Engine {
             for p in &partitions {
                 self.assigned.remove(p);
             }
-            self.abort_and_rewind("partitions lost", "assignment lost").await
+            self.abort_and_rewind("partitions lost", "assignment lost")
+                .await
         } else {
             self.revoke_cleanly(&partitions).await
         };
@@ -670,7 +687,9 @@ impl Engine {
         let mut tally = PoisonTally::default();
         let result = {
             let mut ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
-            self.processor.on_partitions_revoked(partitions, &mut ctx).await
+            self.processor
+                .on_partitions_revoked(partitions, &mut ctx)
+                .await
         };
         if let Err(e) = result {
             let err = RuntimeError::Operator {
@@ -691,7 +710,7 @@ impl Engine {
 fn kafka(during: &str, source: KafkaError) -> RuntimeError {
     RuntimeError::Kafka {
         during: during.to_string(),
-        source,
+        source: source.into(),
     }
 }
 
@@ -746,7 +765,11 @@ pub(crate) fn resolve_starts(
             .map_err(|source| kafka(&format!("watermarks of {partition}"), source))?;
         starts.push(AssignedPartition {
             partition,
-            start_offset: if start == StartFrom::Earliest { low } else { high },
+            start_offset: if start == StartFrom::Earliest {
+                low
+            } else {
+                high
+            },
             start,
         });
     }

@@ -33,7 +33,7 @@ pub enum RuntimeError {
         /// What weir was doing.
         during: String,
         /// The client error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 
     /// Another producer with this instance's transactional id took over.
@@ -49,7 +49,7 @@ pub enum RuntimeError {
         /// The transactional id.
         transactional_id: String,
         /// The client error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 
     /// `auto.offset.reset = none` and partitions have no committed offset.
@@ -103,7 +103,7 @@ pub enum RuntimeError {
         /// The partition, if chosen.
         partition: Option<i32>,
         /// The client error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 
     /// Outputs were not acknowledged (at_least_once): offsets were not committed.

@@ -61,7 +61,10 @@ impl ConsumerContext for RebalanceHandler {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = partitions(tpl);
@@ -95,7 +98,7 @@ impl ConsumerContext for RebalanceHandler {
                 if let Err(e) = assigned {
                     self.park(crate::RuntimeError::Kafka {
                         during: "assigning partitions".into(),
-                        source: e,
+                        source: e.into(),
                     });
                 }
             }
@@ -118,7 +121,7 @@ impl ConsumerContext for RebalanceHandler {
                 if let Err(e) = unassigned {
                     self.park(crate::RuntimeError::Kafka {
                         during: "unassigning partitions".into(),
-                        source: e,
+                        source: e.into(),
                     });
                 }
             }
@@ -126,7 +129,10 @@ impl ConsumerContext for RebalanceHandler {
                 // librdkafka reports a failed rebalance this way; giving everything up is the
                 // documented response, and the group hands the partitions out again.
                 tracing::error!(error = ?other, "rebalance error; releasing the assignment");
-                let all = consumer.assignment().map(|a| partitions(&a)).unwrap_or_default();
+                let all = consumer
+                    .assignment()
+                    .map(|a| partitions(&a))
+                    .unwrap_or_default();
                 self.handle.block_on(async {
                     let mut engine = self.engine.lock().await;
                     if let Err(e) = engine.on_revoke(all, true).await {

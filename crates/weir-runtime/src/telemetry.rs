@@ -9,8 +9,19 @@ use std::time::Duration;
 use metrics::{counter, histogram};
 use weir_core::{AssignedPartition, TopicPartition};
 
-pub(crate) fn started(application_id: &str, instance_id: &str, guarantee: &str, transactional_id: Option<&str>) {
-    tracing::info!(application_id, instance_id, guarantee, transactional_id, "weir application started");
+pub(crate) fn started(
+    application_id: &str,
+    instance_id: &str,
+    guarantee: &str,
+    transactional_id: Option<&str>,
+) {
+    tracing::info!(
+        application_id,
+        instance_id,
+        guarantee,
+        transactional_id,
+        "weir application started"
+    );
 }
 
 pub(crate) fn batch(records_in: usize, records_out: usize) {
@@ -28,7 +39,11 @@ pub(crate) fn committed(reason: &'static str, took: Duration, records_in: u64, r
 
 pub(crate) fn aborted(during: &'static str, cause: &str) {
     counter!("weir_aborts_total", "during" => during).increment(1);
-    tracing::warn!(during, cause, "transaction aborted; rewinding to the committed offsets");
+    tracing::warn!(
+        during,
+        cause,
+        "transaction aborted; rewinding to the committed offsets"
+    );
 }
 
 pub(crate) fn retrying(during: &'static str, cause: &str, attempt: u32, backoff: Duration) {

@@ -88,9 +88,11 @@ impl Kafka {
     /// testcontainers when a Docker daemon answers, a local JVM broker.
     pub fn start() -> Result<Self, StartError> {
         if let Ok(bootstrap) = std::env::var("WEIR_KAFKA_BOOTSTRAP") {
-            let admin = Admin::new(&bootstrap, Duration::from_secs(10)).map_err(|e| StartError::External {
-                bootstrap: bootstrap.clone(),
-                detail: e.to_string(),
+            let admin = Admin::new(&bootstrap, Duration::from_secs(10)).map_err(|e| {
+                StartError::External {
+                    bootstrap: bootstrap.clone(),
+                    detail: e.to_string(),
+                }
             })?;
             admin.ping().map_err(|e| StartError::External {
                 bootstrap: bootstrap.clone(),
@@ -123,7 +125,9 @@ impl Kafka {
             .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
             .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
             .with_env_var("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false");
-        let container = image.start().map_err(|e| StartError::Docker(e.to_string()))?;
+        let container = image
+            .start()
+            .map_err(|e| StartError::Docker(e.to_string()))?;
         let port = container
             .get_host_port_ipv4(apache::KAFKA_PORT)
             .map_err(|e| StartError::Docker(e.to_string()))?;
@@ -167,7 +171,8 @@ impl Kafka {
 }
 
 fn docker_answers() -> bool {
-    let socket = std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists();
+    let socket =
+        std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists();
     socket
         && Command::new("docker")
             .args(["info", "--format", "{{.ServerVersion}}"])

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use weir_kafka::admin::TopicSpec;
 use weir_kafka::clients::base_config;
@@ -117,12 +117,13 @@ impl Kafka {
 
     /// Produces records (idempotent, acks=all) and waits until all are acknowledged.
     pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = TestRecord>) {
-        let producer: ThreadedProducer<DefaultProducerContext> = base_config(self.bootstrap_servers())
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("test producer");
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            base_config(self.bootstrap_servers())
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                .set("queue.buffering.max.messages", "1000000")
+                .create()
+                .expect("test producer");
         for r in records {
             let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
                 h.insert(Header {
@@ -143,7 +144,10 @@ impl Kafka {
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
                         rec = back;
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -181,7 +185,8 @@ impl Kafka {
         let mut tpl = TopicPartitionList::new();
         let mut pending: BTreeSet<i32> = BTreeSet::new();
         for (&p, &end) in &ends {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
             if end > 0 {
                 pending.insert(p);
             }

@@ -72,9 +72,13 @@ impl LocalCluster {
             .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let cluster_id = run_java(&java, &classpath, &["kafka.tools.StorageTool", "random-uuid"])?
-            .trim()
-            .to_string();
+        let cluster_id = run_java(
+            &java,
+            &classpath,
+            &["kafka.tools.StorageTool", "random-uuid"],
+        )?
+        .trim()
+        .to_string();
         let rf = nodes.min(3);
         let min_isr = if nodes >= 3 { 2 } else { 1 };
 
@@ -95,7 +99,14 @@ impl LocalCluster {
             run_java(
                 &cluster.java,
                 &cluster.classpath,
-                &["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c", &props_path],
+                &[
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    &cluster_id,
+                    "-c",
+                    &props_path,
+                ],
             )?;
             cluster.nodes.push(Node {
                 id,
@@ -132,8 +143,11 @@ impl LocalCluster {
 
     fn spawn(&mut self, index: usize) -> Result<(), StartError> {
         let node = &self.nodes[index];
-        let stdout = File::create(node.dir.join("stdout.log")).map_err(|e| StartError::io(&node.dir, e))?;
-        let stderr = stdout.try_clone().map_err(|e| StartError::io(&node.dir, e))?;
+        let stdout =
+            File::create(node.dir.join("stdout.log")).map_err(|e| StartError::io(&node.dir, e))?;
+        let stderr = stdout
+            .try_clone()
+            .map_err(|e| StartError::io(&node.dir, e))?;
         let mut cmd = Command::new(&self.java);
         cmd.arg("-Xms256m")
             .arg("-Xmx1g")
@@ -327,10 +341,13 @@ fn find_java() -> Result<PathBuf, StartError> {
         .map(|h| PathBuf::from(h).join("bin/java"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("java"));
-    let out = Command::new(&java).arg("-version").output().map_err(|e| StartError::Missing {
-        tool: "Java 17+".into(),
-        detail: format!("`{} -version` failed: {e}", java.display()),
-    })?;
+    let out = Command::new(&java)
+        .arg("-version")
+        .output()
+        .map_err(|e| StartError::Missing {
+            tool: "Java 17+".into(),
+            detail: format!("`{} -version` failed: {e}", java.display()),
+        })?;
     let text = String::from_utf8_lossy(&out.stderr);
     let major = text
         .split('"')
@@ -341,7 +358,11 @@ fn find_java() -> Result<PathBuf, StartError> {
     if major < 17 {
         return Err(StartError::Missing {
             tool: "Java 17+".into(),
-            detail: format!("{} reports: {}", java.display(), text.lines().next().unwrap_or("?")),
+            detail: format!(
+                "{} reports: {}",
+                java.display(),
+                text.lines().next().unwrap_or("?")
+            ),
         });
     }
     Ok(java)
@@ -378,7 +399,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("weir");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache/weir")
 }
 

@@ -17,7 +17,13 @@ fn id(r: &ReadRecord) -> Id {
 }
 
 fn show(r: &ReadRecord) -> String {
-    format!("{}={} (p{}@{})", r.key_text(), r.value_text(), r.partition, r.offset)
+    format!(
+        "{}={} (p{}@{})",
+        r.key_text(),
+        r.value_text(),
+        r.partition,
+        r.offset
+    )
 }
 
 /// What the verifier found. [`is_exactly_once`](Report::is_exactly_once) is true when every
@@ -98,7 +104,9 @@ pub fn verify_copy(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
         match inputs.get(&id(r)) {
             None => report.unexpected.push(show(r)),
             Some(i) if i.partition != r.partition => {
-                report.misplaced.push(format!("{} (input in p{})", show(r), i.partition));
+                report
+                    .misplaced
+                    .push(format!("{} (input in p{})", show(r), i.partition));
             }
             Some(_) => {}
         }
@@ -128,7 +136,10 @@ pub fn verify_copy(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
     let mut partitions: Vec<_> = by_partition.into_iter().collect();
     partitions.sort_by_key(|(p, _)| *p);
     for (p, (ins, outs)) in partitions {
-        let ins: Vec<&ReadRecord> = ins.into_iter().filter(|r| seen.contains_key(&id(r))).collect();
+        let ins: Vec<&ReadRecord> = ins
+            .into_iter()
+            .filter(|r| seen.contains_key(&id(r)))
+            .collect();
         if let Some(i) = (0..ins.len().min(outs.len())).find(|&i| id(ins[i]) != id(outs[i])) {
             report.reordered.push(format!(
                 "partition {p}: output #{i} is {} where the input has {}",
@@ -164,15 +175,33 @@ mod tests {
 
     #[test]
     fn names_duplicates_losses_misplacement_and_reordering() {
-        let input = vec![rec(0, 0, "a"), rec(0, 1, "b"), rec(0, 2, "c"), rec(1, 0, "d"), rec(1, 1, "e")];
-        let output = vec![rec(0, 0, "b"), rec(0, 1, "a"), rec(0, 2, "a"), rec(0, 3, "d"), rec(1, 0, "zz")];
+        let input = vec![
+            rec(0, 0, "a"),
+            rec(0, 1, "b"),
+            rec(0, 2, "c"),
+            rec(1, 0, "d"),
+            rec(1, 1, "e"),
+        ];
+        let output = vec![
+            rec(0, 0, "b"),
+            rec(0, 1, "a"),
+            rec(0, 2, "a"),
+            rec(0, 3, "d"),
+            rec(1, 0, "zz"),
+        ];
         let r = verify_copy(&input, &output);
         assert!(!r.is_exactly_once());
         assert_eq!(r.duplicated, vec!["k=a (p0@1) x2".to_string()]);
-        assert_eq!(r.lost, vec!["k=c (p0@2)".to_string(), "k=e (p1@1)".to_string()]);
+        assert_eq!(
+            r.lost,
+            vec!["k=c (p0@2)".to_string(), "k=e (p1@1)".to_string()]
+        );
         assert_eq!(r.unexpected, vec!["k=zz (p1@0)".to_string()]);
         assert_eq!(r.misplaced, vec!["k=d (p0@3) (input in p1)".to_string()]);
         assert_eq!(r.reordered.len(), 1, "{r}");
-        assert!(r.reordered[0].starts_with("partition 0: output #0 is k=b"), "{r}");
+        assert!(
+            r.reordered[0].starts_with("partition 0: output #0 is k=b"),
+            "{r}"
+        );
     }
 }

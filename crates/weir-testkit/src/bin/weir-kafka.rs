@@ -23,7 +23,9 @@ fn main() {
 
 /// Waits for SIGINT/SIGTERM on a small tokio runtime and signals the channel.
 fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::spawn(move || {
         rt.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
