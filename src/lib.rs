@@ -37,3 +37,8 @@
 pub use async_trait::async_trait;
 pub use weir_core::*;
 pub use weir_runtime::{App, RunSummary, RuntimeError};
+
+/// The README's example must compile.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -110,8 +110,13 @@ impl CommonArgs {
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).
 pub fn init_tracing() {
+    init_tracing_with("info,rdkafka=warn");
+}
+
+/// Logs to stderr at `default` levels unless `RUST_LOG` says otherwise.
+pub fn init_tracing_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

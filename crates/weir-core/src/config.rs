@@ -701,3 +701,20 @@ mod tests {
         assert!(err.to_string().contains("consume its own output"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// The TOML example in docs/configuration.md parses and validates.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of the block");
+        let config = Config::from_toml_str(&doc[start..end]).unwrap();
+        assert_eq!(config.poison_policy, PoisonPolicy::DeadLetter);
+        assert_eq!(config.producer.get("linger.ms").map(String::as_str), Some("10"));
+        assert_eq!(config.kafka.get("client.rack").map(String::as_str), Some("eu-west-1a"));
+    }
+}

@@ -96,6 +96,24 @@ impl Isolation {
     }
 }
 
+/// A reader's context: reaching the end of a partition is what the reader waits for, not an
+/// error worth logging.
+struct EofIsNormal;
+
+impl rdkafka::ClientContext for EofIsNormal {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "test reader error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofIsNormal {}
+
 /// A unique name for a topic, group or transactional id: `{prefix}-{random}`.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
@@ -175,12 +193,12 @@ impl Kafka {
     /// then offset order.
     pub fn read_to_end(&self, topic: &str, isolation: Isolation) -> Vec<ReadRecord> {
         let ends = self.end_offsets(topic, isolation);
-        let consumer: BaseConsumer = base_config(self.bootstrap_servers())
+        let consumer: BaseConsumer<EofIsNormal> = base_config(self.bootstrap_servers())
             .set("group.id", unique("weir-testkit-reader"))
             .set("isolation.level", isolation.name())
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(EofIsNormal)
             .expect("test reader");
         let mut tpl = TopicPartitionList::new();
         let mut pending: BTreeSet<i32> = BTreeSet::new();

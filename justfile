@@ -1,0 +1,30 @@
+# weir's everyday commands. `just --list` shows them all.
+
+# Build everything (libraries, examples, tests).
+build:
+    cargo build --workspace --all-targets
+
+# The whole test suite against a real Kafka broker (the README's test command).
+test:
+    cargo test --workspace
+
+# The exactly-once demo: a local broker, a copy pipeline, SIGKILLs, a record-by-record check.
+demo *ARGS:
+    cargo run --example demo -- {{ARGS}}
+
+# Start a Kafka broker (the test kit's launcher) and print its bootstrap address.
+kafka:
+    cargo run -q -p weir-testkit --bin weir-kafka
+
+# Formatting and lints, as CI wants them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --all-targets -- -D warnings
+
+# Throughput of `mirror` under both guarantees on a local broker (a program, not a test).
+bench *ARGS:
+    cargo run --release --example throughput -- {{ARGS}}
+
+# What CI runs on a fresh machine.
+ci:
+    bash .ci/run
