@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weir::{async_trait, App, CommitInfo, Config, Context, Guarantee, ProcessError, Processor, Record};
+use weir::{
+    async_trait, App, CommitInfo, Config, Context, Guarantee, ProcessError, Processor, Record,
+};
 use weir_testkit::{unique, verify_copy, Isolation, Kafka, TestRecord};
 
 #[derive(Parser, Debug)]
@@ -60,8 +62,16 @@ struct TimedMirror {
 
 #[async_trait]
 impl Processor for TimedMirror {
-    async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        self.clock.lock().unwrap().first.get_or_insert_with(Instant::now);
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        self.clock
+            .lock()
+            .unwrap()
+            .first
+            .get_or_insert_with(Instant::now);
         for record in batch {
             ctx.emit(record.forward());
         }
@@ -106,7 +116,13 @@ fn main() -> anyhow::Result<()> {
     );
     kafka.produce(
         &input,
-        (0..args.records).map(|i| TestRecord::new((i % args.partitions as usize) as i32, format!("k{i:09}"), value.clone())),
+        (0..args.records).map(|i| {
+            TestRecord::new(
+                (i % args.partitions as usize) as i32,
+                format!("k{i:09}"),
+                value.clone(),
+            )
+        }),
     );
     let input_records = kafka.read_to_end(&input, Isolation::ReadCommitted);
 
@@ -134,10 +150,19 @@ fn main() -> anyhow::Result<()> {
                 let _ = finished.await;
             }))?;
             let clock = clock.lock().unwrap();
-            let took = clock.last_commit.unwrap().duration_since(clock.first.unwrap());
+            let took = clock
+                .last_commit
+                .unwrap()
+                .duration_since(clock.first.unwrap());
             let rate = args.records as f64 / took.as_secs_f64();
-            let report = verify_copy(&input_records, &kafka.read_to_end(&output, Isolation::ReadCommitted));
-            anyhow::ensure!(report.is_exactly_once(), "run {run} of {guarantee} is not a correct copy: {report}");
+            let report = verify_copy(
+                &input_records,
+                &kafka.read_to_end(&output, Isolation::ReadCommitted),
+            );
+            anyhow::ensure!(
+                report.is_exactly_once(),
+                "run {run} of {guarantee} is not a correct copy: {report}"
+            );
             println!(
                 "  {guarantee:<13} run {run}: {:>9.0} records/s  {:>7.1} MB/s  ({:.2} s, verified)",
                 rate,

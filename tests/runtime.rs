@@ -601,26 +601,49 @@ fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exac
 
     // A commit interval far longer than the test: anything committed before the end was
     // committed by a revoke (or the shutdown).
-    let long = |_: ()| config(kafka, &app, &input, &output).commit_interval(Duration::from_secs(120)).build().unwrap();
+    let long = |_: ()| {
+        config(kafka, &app, &input, &output)
+            .commit_interval(Duration::from_secs(50))
+            .build()
+            .unwrap()
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let first = InProcess::start(long(()), SignalAssigned(tx));
-    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).expect("first assignment").len(), 4);
-    wait_for("the first instance to process the first half", Duration::from_secs(60), || {
-        // Nothing is visible yet: one open transaction.
-        kafka.read_to_end(&output, Isolation::ReadUncommitted).len() >= 4_000
-    });
-    assert_eq!(committed_count(kafka, &output), 0, "no commit point reached yet");
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("first assignment")
+            .len(),
+        4
+    );
+    wait_for(
+        "the first instance to process the first half",
+        Duration::from_secs(60),
+        || {
+            // Nothing is visible yet: one open transaction.
+            kafka.read_to_end(&output, Isolation::ReadUncommitted).len() >= 4_000
+        },
+    );
+    assert_eq!(
+        committed_count(kafka, &output),
+        0,
+        "no commit point reached yet"
+    );
 
     let second = InProcess::start(long(()), Mirror);
-    wait_for("the revoke to commit the first instance's transaction", Duration::from_secs(60), || {
-        committed_count(kafka, &output) >= 4_000
-    });
+    wait_for(
+        "the revoke to commit the first instance's transaction",
+        Duration::from_secs(60),
+        || committed_count(kafka, &output) >= 4_000,
+    );
     kafka.produce(&input, records[4_000..].to_vec());
     std::thread::sleep(Duration::from_secs(3));
     let a = first.stop().expect("first stops cleanly");
     let b = second.stop().expect("second stops cleanly");
     assert_eq!(a.records_in + b.records_in, 8_000, "{a:?} {b:?}");
-    assert!(b.records_in > 0, "the second instance got partitions: {b:?}");
+    assert!(
+        b.records_in > 0,
+        "the second instance got partitions: {b:?}"
+    );
     let report = verify_copy(
         &kafka.read_to_end(&input, Isolation::ReadCommitted),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),

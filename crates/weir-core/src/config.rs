@@ -714,7 +714,13 @@ mod docs_tests {
         let end = start + doc[start..].find("```").expect("end of the block");
         let config = Config::from_toml_str(&doc[start..end]).unwrap();
         assert_eq!(config.poison_policy, PoisonPolicy::DeadLetter);
-        assert_eq!(config.producer.get("linger.ms").map(String::as_str), Some("10"));
-        assert_eq!(config.kafka.get("client.rack").map(String::as_str), Some("eu-west-1a"));
+        assert_eq!(
+            config.producer.get("linger.ms").map(String::as_str),
+            Some("10")
+        );
+        assert_eq!(
+            config.kafka.get("client.rack").map(String::as_str),
+            Some("eu-west-1a")
+        );
     }
 }
