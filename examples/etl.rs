@@ -34,12 +34,8 @@ use weir::{async_trait, App, Context, Output, ProcessError, Processor, Record};
 struct Args {
     #[command(flatten)]
     common: common::CommonArgs,
-    /// Where unparseable records go; selects poison.policy = dead_letter unless --poison-policy is given.
-    #[arg(long, env = "WEIR_DEAD_LETTER_TOPIC")]
-    dead_letter_topic: Option<String>,
-    /// fail | skip | dead_letter (`poison.policy`).
-    #[arg(long, env = "WEIR_POISON_POLICY")]
-    poison_policy: Option<String>,
+    #[command(flatten)]
+    poison: common::PoisonArgs,
     /// Orders below this amount are filtered out.
     #[arg(long, default_value_t = 1)]
     min_amount_cents: i64,
@@ -121,15 +117,7 @@ impl Processor for Etl {
 async fn main() -> anyhow::Result<()> {
     common::init_tracing();
     let args = Args::parse();
-    let mut extra: Vec<(&str, toml::Value)> = Vec::new();
-    if let Some(dlq) = &args.dead_letter_topic {
-        extra.push(("dead.letter.topic", dlq.clone().into()));
-        extra.push(("poison.policy", "dead_letter".into()));
-    }
-    if let Some(policy) = &args.poison_policy {
-        extra.push(("poison.policy", policy.clone().into()));
-    }
-    let config = args.common.config(&extra)?;
+    let config = args.common.config(&args.poison.keys())?;
     let summary = App::new(config)
         .run(Etl {
             min_amount_cents: args.min_amount_cents,

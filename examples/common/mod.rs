@@ -108,6 +108,32 @@ impl CommonArgs {
     }
 }
 
+/// The poison-policy flags of the examples that parse their input.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PoisonArgs {
+    /// Where unparseable records go; selects poison.policy = dead_letter unless --poison-policy is given.
+    #[arg(long, env = "WEIR_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// fail | skip | dead_letter (`poison.policy`).
+    #[arg(long, env = "WEIR_POISON_POLICY")]
+    pub poison_policy: Option<String>,
+}
+
+impl PoisonArgs {
+    /// The config keys these flags set.
+    pub fn keys(&self) -> Vec<(&'static str, toml::Value)> {
+        let mut keys = Vec::new();
+        if let Some(dlq) = &self.dead_letter_topic {
+            keys.push(("dead.letter.topic", dlq.clone().into()));
+            keys.push(("poison.policy", "dead_letter".into()));
+        }
+        if let Some(policy) = &self.poison_policy {
+            keys.push(("poison.policy", policy.clone().into()));
+        }
+        keys
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).
 pub fn init_tracing() {
     init_tracing_with("info,rdkafka=warn");

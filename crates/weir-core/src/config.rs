@@ -157,6 +157,14 @@ pub struct Config {
     #[serde(rename = "dead.letter.topic", default)]
     pub dead_letter_topic: Option<String>,
 
+    /// `state.max.uncommitted.bytes`: bytes of uncommitted state writes (keys and values) that
+    /// force an early commit, bounding the in-memory overlay. Default 64 MiB.
+    #[serde(
+        rename = "state.max.uncommitted.bytes",
+        default = "defaults::state_max_uncommitted_bytes"
+    )]
+    pub state_max_uncommitted_bytes: usize,
+
     /// `kafka.*`: raw librdkafka properties for both clients.
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,
@@ -185,6 +193,9 @@ mod defaults {
     }
     pub(super) fn max_batch_wait() -> Duration {
         Duration::from_millis(50)
+    }
+    pub(super) fn state_max_uncommitted_bytes() -> usize {
+        64 << 20
     }
     pub(super) fn processing_retries() -> u32 {
         3

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod processor;
 pub mod record;
+pub mod state;
 
 pub use config::{
     Config, ConfigBuilder, ConfigError, ConfigMap, Guarantee, OffsetReset, PoisonPolicy,
@@ -19,3 +20,4 @@ pub use processor::{
     Processor, StartFrom,
 };
 pub use record::{Header, Output, Record, TopicPartition};
+pub use state::{StateAccess, StateError, Store, StoreKey, StoreSpec};

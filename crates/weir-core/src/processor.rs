@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use crate::config::{Guarantee, PoisonPolicy};
 use crate::error::{BoxError, PoisonRecord, ProcessError};
 use crate::record::{Header, Output, Record, TopicPartition};
+use crate::state::{StateAccess, StateError, Store, StoreKey, StoreSpec};
 
 /// An operator: user code that turns batches of input records into output records.
 ///
@@ -30,8 +31,8 @@ use crate::record::{Header, Output, Record, TopicPartition};
 /// on_close                                           (after the last commit, on SIGINT/SIGTERM)
 /// ```
 ///
-/// A batch holds records of any of the assigned partitions, each partition's records in offset
-/// order. Outputs go through [`Context::emit`]; they become visible to `read_committed`
+/// A batch holds records of one *task* — one partition number of the input topics — in offset
+/// order per partition; its state is reachable through [`Context::store`]. Outputs go through [`Context::emit`]; they become visible to `read_committed`
 /// consumers only when the transaction that carries them commits, together with the input
 /// offsets of the records that produced them.
 ///
@@ -80,6 +81,12 @@ pub trait Processor: Send {
         batch: &[Record],
         ctx: &mut Context<'_>,
     ) -> Result<(), ProcessError>;
+
+    /// The state stores this operator uses, by name. Each task (input partition) gets its own
+    /// copy of each store; see [`Context::store`].
+    fn stores(&self) -> Vec<StoreSpec> {
+        Vec::new()
+    }
 
     /// Called once before the first batch, after the producer is initialised (in exactly_once,
     /// after `init_transactions` fenced any previous incarnation of this instance).
@@ -132,6 +139,9 @@ impl<P: Processor + ?Sized> Processor for Box<P> {
         ctx: &mut Context<'_>,
     ) -> Result<(), ProcessError> {
         (**self).process(batch, ctx).await
+    }
+    fn stores(&self) -> Vec<StoreSpec> {
+        (**self).stores()
     }
     async fn on_start(&mut self, info: &AppInfo) -> Result<(), ProcessError> {
         (**self).on_start(info).await
@@ -241,12 +251,22 @@ pub mod dlq_headers {
     pub const APPLICATION: &str = "weir.error.application.id";
 }
 
-/// The operator's handle on the running transaction: emit outputs, report poison records.
-#[derive(Debug)]
+/// The operator's handle on the running transaction: emit outputs, read and write the task's
+/// state, report poison records.
 pub struct Context<'a> {
     outputs: &'a mut Vec<Output>,
     poison: &'a PoisonHandling,
     tally: &'a mut PoisonTally,
+    state: Option<&'a mut dyn StateAccess>,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("outputs", &self.outputs.len())
+            .field("state", &self.state.is_some())
+            .finish()
+    }
 }
 
 impl<'a> Context<'a> {
@@ -261,7 +281,33 @@ impl<'a> Context<'a> {
             outputs,
             poison,
             tally,
+            state: None,
         }
+    }
+
+    /// Gives the context the state of the task being processed.
+    #[must_use]
+    pub fn with_state(mut self, state: &'a mut dyn StateAccess) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// A typed view of the store `name` of the task being processed (a batch holds the
+    /// records of one task). Reads see this task's uncommitted writes; writes commit with the
+    /// transaction, or vanish with an abort.
+    ///
+    /// State failures (an undeclared store, a value that does not deserialize) are
+    /// [`ProcessError::Fatal`], wrapping a [`StateError`].
+    pub fn store<K, V>(&mut self, name: &str) -> Result<Store<'_, K, V>, ProcessError>
+    where
+        K: StoreKey,
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let access = self
+            .state
+            .as_deref_mut()
+            .ok_or_else(|| ProcessError::Fatal(Box::new(StateError::NoTask)))?;
+        Ok(Store::new(name, access))
     }
 
     /// Emits an output record into the open transaction. It is produced after `process`

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -221,6 +221,21 @@ impl Admin {
             }
         }
         Ok(())
+    }
+
+    /// The value of topic config `name` (e.g. `cleanup.policy`), as the broker reports it.
+    pub fn topic_config(&self, topic: &str, name: &str) -> Result<Option<String>, AdminError> {
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        let spec = ResourceSpecifier::Topic(topic);
+        let results = futures::executor::block_on(self.admin.describe_configs([&spec], &opts))
+            .map_err(self.err(format!("describing the configs of {topic:?}")))?;
+        match results.into_iter().next() {
+            Some(Ok(resource)) => Ok(resource.get(name).and_then(|e| e.value.clone())),
+            Some(Err(code)) => Err(self.err(format!("describing the configs of {topic:?}"))(
+                KafkaError::AdminOp(code),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Deletes topics (missing ones are ignored).

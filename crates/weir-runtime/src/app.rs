@@ -106,6 +106,9 @@ impl App {
     /// Runs `processor` until `shutdown` completes, then commits the open transaction and
     /// returns. Returns an error, without committing past the failure, when the application
     /// cannot go on.
+    ///
+    /// Stop it through `shutdown`, not by dropping the returned future (e.g. in a `select!`
+    /// or a timeout): a dropped run cannot commit or leave the group cleanly.
     pub async fn run_until(
         self,
         processor: impl Processor + 'static,
@@ -128,7 +131,17 @@ impl App {
 
         check_cluster(&config).await?;
 
+        // State stores: open RocksDB (a corrupt directory is moved aside, never reused) and make
+        // sure every changelog topic exists with one partition per task.
+        let stores = processor.stores();
         let delivery = Arc::new(DeliveryState::default());
+        let state = if stores.is_empty() {
+            None
+        } else {
+            let (state, topics) = open_state(&config, stores).await?;
+            delivery.track_changelogs(topics);
+            Some(state)
+        };
         let producer: WeirProducer = producer_config(&config, &instance_id)
             .create_with_context(DeliveryContext(Arc::clone(&delivery)))
             .map_err(|source| RuntimeError::Kafka {
@@ -152,8 +165,11 @@ impl App {
             processor,
             Arc::clone(&producer),
             delivery,
+            state,
         )));
+        let rewinds = Arc::clone(&engine.lock().await.rewinds);
         let handler = RebalanceHandler {
+            rewinds,
             engine: Arc::clone(&engine),
             handle: Handle::current(),
             revocations: AtomicU64::new(0),
@@ -205,9 +221,11 @@ impl App {
             }
         };
         let summary = engine.lock().await.totals.clone();
-        // Closing the clients blocks (leave group, flush); do it off the async workers.
+        // Closing the clients blocks (leave group, flush, destroy); do it off the async
+        // workers. The engine holds the producer's last reference.
         blocking(move || {
             drop(consumer);
+            drop(engine);
             drop(producer);
         })
         .await;
@@ -227,6 +245,29 @@ async fn check_cluster(config: &Config) -> Result<(), RuntimeError> {
             admin.partition_count(t)?;
         }
         Ok(())
+    })
+    .await
+}
+
+async fn open_state(
+    config: &Arc<Config>,
+    stores: Vec<weir_core::StoreSpec>,
+) -> Result<(weir_state::StateManager, Vec<String>), RuntimeError> {
+    let config = Arc::clone(config);
+    blocking(move || {
+        let path = config.app_state_dir().join("rocksdb");
+        let topics = stores
+            .iter()
+            .filter(|s| s.changelog)
+            .map(|s| weir_state::changelog_topic(&config.application_id, &s.name))
+            .collect();
+        let (state, moved) = weir_state::StateManager::open(&path, stores)?;
+        if let Some(aside) = moved {
+            tracing::warn!(aside = %aside.display(), "the corrupt state directory was moved aside; every task restores from its changelog");
+        }
+        let admin = Admin::new(&config.bootstrap_servers, STARTUP_TIMEOUT)?;
+        crate::stateful::ensure_changelogs(&config, &state, &admin)?;
+        Ok((state, topics))
     })
     .await
 }

@@ -46,12 +46,15 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use weir_core::{
     AssignedPartition, CommitInfo, Config, Context, Guarantee, OffsetReset, Output, PoisonHandling,
-    PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom, TopicPartition,
+    PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom, StoreSpec,
+    TopicPartition,
 };
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
 use crate::rebalance::RebalanceHandler;
+use crate::stateful::{by_task, failpoint, parse_seq, restore, seq_metadata};
 use crate::{telemetry, RuntimeError};
+use weir_state::{changelog_topic, Committed, RecoveryOutcome, StateManager, TaskCommit};
 
 /// The consumer type the engine drives.
 pub(crate) type WeirConsumer = BaseConsumer<RebalanceHandler>;
@@ -72,13 +75,36 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 pub(crate) struct DeliveryState {
     failed: AtomicU64,
     first: StdMutex<Option<String>>,
+    /// The changelog topics, and per changelog partition the highest offset delivered since
+    /// the last commit (the next restore starts after it).
+    changelogs: StdMutex<ChangelogTracker>,
 }
 
 impl DeliveryState {
     fn reset(&self) {
         self.failed.store(0, Ordering::SeqCst);
         *self.first.lock().expect("poisoned") = None;
+        self.changelogs.lock().expect("poisoned").delivered.clear();
     }
+
+    pub(crate) fn track_changelogs(&self, topics: impl IntoIterator<Item = String>) {
+        self.changelogs
+            .lock()
+            .expect("poisoned")
+            .topics
+            .extend(topics);
+    }
+
+    fn take_changelog_offsets(&self) -> BTreeMap<(String, i32), i64> {
+        std::mem::take(&mut self.changelogs.lock().expect("poisoned").delivered)
+    }
+}
+
+/// Which topics are changelogs, and per changelog partition the highest offset delivered.
+#[derive(Debug, Default)]
+struct ChangelogTracker {
+    topics: BTreeSet<String>,
+    delivered: BTreeMap<(String, i32), i64>,
 }
 
 /// The producer's context: records delivery failures.
@@ -91,6 +117,14 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(message) = result {
+            let mut changelogs = self.0.changelogs.lock().expect("poisoned");
+            if changelogs.topics.contains(message.topic()) {
+                let key = (message.topic().to_string(), message.partition());
+                let max = changelogs.delivered.entry(key).or_insert(message.offset());
+                *max = (*max).max(message.offset());
+            }
+        }
         if let Err((error, message)) = result {
             self.0.failed.fetch_add(1, Ordering::SeqCst);
             let mut first = self.0.first.lock().expect("poisoned");
@@ -125,8 +159,20 @@ pub(crate) struct Engine {
     outputs: Vec<Output>,
     consecutive_failures: u32,
 
+    /// RocksDB state, when the operator declares stores. Moved out while a blocking call
+    /// (prepare, apply, restore) runs on the blocking pool.
+    state: Option<StateManager>,
+    /// Whether the operator declared any store.
+    stateful: bool,
+
     /// Partitions currently assigned to this instance.
     pub(crate) assigned: BTreeSet<TopicPartition>,
+    /// Per assigned partition, where reading resumes after an abort: the start offset resolved
+    /// at assignment, then every committed offset. Rewinding never asks `auto.offset.reset`
+    /// again (the log may have moved since).
+    resume_at: BTreeMap<TopicPartition, i64>,
+    /// Bumped by every rewind; `poll_batch` drops records fetched before one.
+    pub(crate) rewinds: Arc<AtomicU64>,
     /// An error raised inside a rebalance callback, for the main loop to return.
     pub(crate) failure: Option<RuntimeError>,
     /// Set once the application is stopping with an error: nothing more is committed.
@@ -152,6 +198,7 @@ impl Engine {
         processor: Box<dyn Processor>,
         producer: Arc<WeirProducer>,
         delivery: Arc<DeliveryState>,
+        state: Option<StateManager>,
     ) -> Self {
         let poison = PoisonHandling {
             policy: config.poison_policy,
@@ -173,7 +220,11 @@ impl Engine {
             pending_out: 0,
             outputs: Vec::new(),
             consecutive_failures: 0,
+            stateful: state.is_some(),
+            state,
             assigned: BTreeSet::new(),
+            resume_at: BTreeMap::new(),
+            rewinds: Arc::new(AtomicU64::new(0)),
             failure: None,
             stopped: false,
             totals: crate::RunSummary::default(),
@@ -200,8 +251,27 @@ impl Engine {
 
     /// Whether the commit interval has elapsed with work pending.
     pub(crate) fn commit_due(&self) -> bool {
-        (self.txn_open || !self.positions.is_empty())
-            && self.period_started.elapsed() >= self.config.commit_interval
+        let pending = self.txn_open || !self.positions.is_empty();
+        let state_full = self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.uncommitted_bytes() >= self.config.state_max_uncommitted_bytes);
+        pending && (state_full || self.period_started.elapsed() >= self.config.commit_interval)
+    }
+
+    /// Runs `f` on the state manager on the blocking pool (RocksDB writes and fsyncs, restores).
+    async fn state_blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut StateManager) -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut state = self.state.take()?;
+        let (state, result) = blocking(move || {
+            let result = f(&mut state);
+            (state, result)
+        })
+        .await;
+        self.state = Some(state);
+        Some(result)
     }
 
     fn txn_error(&self, during: &'static str, source: KafkaError) -> RuntimeError {
@@ -260,10 +330,26 @@ impl Engine {
         }
         self.begin_if_needed().await?;
         let mut tally = PoisonTally::default();
-        let result = {
-            let mut ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
-            self.processor.process(&batch, &mut ctx).await
-        };
+        let mut result = Ok(());
+        let batch = split_by_task(batch);
+        for task_batch in &batch {
+            let task = task_batch[0].partition;
+            let ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
+            result = match self.state.as_mut() {
+                Some(state) => {
+                    let mut access = state.access(task);
+                    let mut ctx = ctx.with_state(&mut access);
+                    self.processor.process(task_batch, &mut ctx).await
+                }
+                None => {
+                    let mut ctx = ctx;
+                    self.processor.process(task_batch, &mut ctx).await
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
         telemetry::poison(tally.skipped, tally.dead_lettered);
         self.totals.skipped += tally.skipped;
         self.totals.dead_lettered += tally.dead_lettered;
@@ -285,15 +371,18 @@ impl Engine {
 
         match result {
             Ok(()) => {
-                let produced = self.produce_outputs().await?;
-                for r in &batch {
+                let Some(produced) = self.produce_outputs().await? else {
+                    return Ok(());
+                };
+                let records = batch.iter().map(Vec::len).sum::<usize>();
+                for r in batch.iter().flatten() {
                     let tp = TopicPartition::new(&*r.topic, r.partition);
                     let next = self.positions.entry(tp).or_insert(r.offset + 1);
                     *next = (*next).max(r.offset + 1);
                 }
-                self.pending_in += batch.len() as u64;
+                self.pending_in += records as u64;
                 self.pending_out += produced;
-                telemetry::batch(batch.len(), produced as usize);
+                telemetry::batch(records, produced as usize);
                 Ok(())
             }
             Err(ProcessError::Retriable(e)) => {
@@ -304,7 +393,7 @@ impl Engine {
                     let err = RuntimeError::RetriesExhausted {
                         attempts,
                         retries: self.config.processing_retries,
-                        position: batch[0].coordinates(),
+                        position: batch[0][0].coordinates(),
                         message,
                     };
                     return Err(self.stop(err).await);
@@ -327,10 +416,12 @@ impl Engine {
     }
 
     /// Hands the buffered outputs to the producer (waiting while its queue is full).
-    async fn produce_outputs(&mut self) -> Result<u64, RuntimeError> {
+    /// Returns `None` when the transaction had to be aborted instead (the work is replayed).
+    async fn produce_outputs(&mut self) -> Result<Option<u64>, RuntimeError> {
         let mut outputs = std::mem::take(&mut self.outputs);
         let mut produced = 0;
         let mut result = Ok(());
+        let mut aborted: Option<String> = None;
         for out in outputs.drain(..) {
             let Some(topic) = out.topic.as_deref().or(self.config.output_topic.as_deref()) else {
                 result = Err(RuntimeError::NoOutputTopic);
@@ -369,6 +460,15 @@ impl Engine {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((source, _))
+                        if self.exactly_once()
+                            && source.rdkafka_error_code() == Some(RDKafkaErrorCode::State) =>
+                    {
+                        // The transaction is in the abortable-error state: take the abortable
+                        // path (the abort reveals a fatal cause, if there is one).
+                        aborted = Some(source.to_string());
+                        break;
+                    }
+                    Err((source, _))
                         if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) =>
                     {
                         result = Err(self.txn_error("produce", source));
@@ -384,15 +484,19 @@ impl Engine {
                     }
                 }
             }
-            if result.is_err() {
+            if result.is_err() || aborted.is_some() {
                 break;
             }
             produced += 1;
         }
         outputs.clear();
         self.outputs = outputs;
+        if let Some(cause) = aborted {
+            self.abort_and_rewind("produce", &cause).await?;
+            return Ok(None);
+        }
         match result {
-            Ok(()) => Ok(produced),
+            Ok(()) => Ok(Some(produced)),
             Err(e) => Err(self.stop(e).await),
         }
     }
@@ -445,8 +549,23 @@ impl Engine {
             .iter()
             .map(|(tp, o)| (tp.clone(), *o))
             .collect();
+        // State delta: its changelog records join the transaction (final value per key).
+        if !self.produce_changelog().await? {
+            return Ok(None);
+        }
+        failpoint("after_produce");
+        let commits = self.state_commits()?;
         if !offsets.is_empty() {
             let tpl = to_tpl(&offsets);
+            // The commit's sequence number rides in the offsets' metadata: recovery asks
+            // Kafka "did this commit happen?" (DESIGN.md, "Recovery").
+            for (task, seq, _) in &commits {
+                for mut e in tpl.elements() {
+                    if e.partition() == *task {
+                        e.set_metadata(seq_metadata(*seq));
+                    }
+                }
+            }
             let Some(group) = self.consumer().group_metadata() else {
                 let err = RuntimeError::Internal(
                     "the consumer has no group metadata for send_offsets_to_transaction".into(),
@@ -464,16 +583,30 @@ impl Engine {
             if !sent {
                 return Ok(None);
             }
+            failpoint("after_send_offsets");
         }
-        // 3c. Kafka is the commit point: outputs and offsets become visible together.
+        // 3b. Prepare: the delta and its target offsets, durable before Kafka decides.
+        if !commits.is_empty() {
+            let c = commits.clone();
+            if let Some(Err(e)) = self.state_blocking(move |s| s.prepare(&c)).await {
+                return Err(self.stop(e.into()).await);
+            }
+            failpoint("after_prepare");
+        }
+        // 3c. Kafka is the commit point: outputs, offsets and changelog become visible together.
         let committed = self
             .retrying("commit_transaction", |p| p.commit_transaction(CALL_TIMEOUT))
             .await?;
         if !committed {
             return Ok(None);
         }
+        failpoint("after_commit_transaction");
         self.txn_open = false;
+        self.resume_at
+            .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
         self.positions.clear();
+        // 3d. Apply: state and offsets (R = K) in one atomic write; the pending entry goes.
+        self.apply_state(commits).await?;
         self.delivery.reset();
         Ok(Some(offsets))
     }
@@ -512,9 +645,13 @@ impl Engine {
 
     /// at_least_once: wait until every output is acknowledged, then commit the offsets.
     async fn commit_offsets(&mut self) -> Result<Option<Vec<(TopicPartition, i64)>>, RuntimeError> {
-        if self.positions.is_empty() {
+        if self.positions.is_empty() && self.pending_out == 0 {
             return Ok(None);
         }
+        if !self.produce_changelog().await? {
+            return Ok(None);
+        }
+        let commits = self.state_commits()?;
         let producer = Arc::clone(&self.producer);
         if let Err(source) = blocking(move || producer.flush(CALL_TIMEOUT)).await {
             let err = RuntimeError::Kafka {
@@ -537,11 +674,20 @@ impl Engine {
             .iter()
             .map(|(tp, o)| (tp.clone(), *o))
             .collect();
+        if offsets.is_empty() {
+            // Only outputs of a revoke hook were pending: acknowledged, nothing to commit.
+            self.delivery.reset();
+            return Ok(Some(offsets));
+        }
         let tpl = to_tpl(&offsets);
         let consumer = self.consumer();
         match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
             Ok(()) => {
+                self.resume_at
+                    .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
                 self.positions.clear();
+                self.apply_state(commits).await?;
+                self.delivery.reset();
                 Ok(Some(offsets))
             }
             Err(e) => {
@@ -563,10 +709,27 @@ impl Engine {
         telemetry::aborted(during, cause);
         self.totals.aborts += 1;
         if self.txn_open {
-            let producer = Arc::clone(&self.producer);
-            if let Err(e) = blocking(move || producer.abort_transaction(CALL_TIMEOUT)).await {
-                let err = self.txn_error("abort_transaction", e);
-                return Err(self.stop(err).await);
+            let mut attempt = 0;
+            loop {
+                let producer = Arc::clone(&self.producer);
+                match blocking(move || producer.abort_transaction(CALL_TIMEOUT)).await {
+                    Ok(()) => break,
+                    Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 10 => {
+                        attempt += 1;
+                        let backoff = Duration::from_millis(100 * attempt);
+                        telemetry::retrying(
+                            "abort_transaction",
+                            &e.to_string(),
+                            attempt as u32,
+                            backoff,
+                        );
+                        tokio::time::sleep(backoff).await;
+                    }
+                    Err(e) => {
+                        let err = self.txn_error("abort_transaction", e);
+                        return Err(self.stop(err).await);
+                    }
+                }
             }
             self.txn_open = false;
         }
@@ -575,6 +738,9 @@ impl Engine {
         self.pending_in = 0;
         self.pending_out = 0;
         self.delivery.reset();
+        if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
+            return Err(self.stop(e.into()).await);
+        }
         if let Err(e) = self.processor.on_abort().await {
             let err = RuntimeError::Operator {
                 during: "on_abort",
@@ -582,26 +748,19 @@ impl Engine {
             };
             return Err(self.stop(err).await);
         }
-        let partitions: Vec<TopicPartition> = self.assigned.iter().cloned().collect();
-        if partitions.is_empty() {
+        let targets: Vec<(TopicPartition, i64)> = self
+            .assigned
+            .iter()
+            .filter_map(|tp| self.resume_at.get(tp).map(|o| (tp.clone(), *o)))
+            .collect();
+        self.rewinds.fetch_add(1, Ordering::SeqCst);
+        if targets.is_empty() {
             return Ok(());
         }
         let consumer = self.consumer();
-        let group = self.config.application_id.clone();
-        let policy = self.config.auto_offset_reset;
         let rewound = blocking(move || -> Result<(), RuntimeError> {
-            let starts = resolve_starts(&consumer, &group, &partitions, policy)?;
-            let mut tpl = TopicPartitionList::new();
-            for s in &starts {
-                tpl.add_partition_offset(
-                    &s.partition.topic,
-                    s.partition.partition,
-                    Offset::Offset(s.start_offset),
-                )
-                .map_err(|source| kafka("seek", source))?;
-            }
             let result = consumer
-                .seek_partitions(tpl, CALL_TIMEOUT)
+                .seek_partitions(to_tpl(&targets), CALL_TIMEOUT)
                 .map_err(|source| kafka("seek to the committed offsets", source))?;
             for e in result.elements() {
                 if let Err(source) = e.error() {
@@ -632,6 +791,9 @@ impl Engine {
                 self.txn_open = false;
             }
             self.positions.clear();
+            if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
+                tracing::warn!(error = %e, "could not drop the uncommitted state while stopping; recovery rolls it back");
+            }
         }
         error
     }
@@ -645,8 +807,27 @@ impl Engine {
         let group = self.config.application_id.clone();
         let policy = self.config.auto_offset_reset;
         let parts = partitions.clone();
-        let starts = blocking(move || resolve_starts(&consumer, &group, &parts, policy)).await?;
+        let patience = self.config.transaction_timeout + Duration::from_secs(30);
+        let (starts, seqs) =
+            blocking(move || resolve_starts(&consumer, &group, &parts, policy, patience)).await?;
+        if self.stateful {
+            // Recovery before the first record of each new task (DESIGN.md, "Recovery").
+            let mut tasks: BTreeMap<i32, Committed> = BTreeMap::new();
+            for s in &starts {
+                let k = (s.start == StartFrom::Committed).then_some(s.start_offset);
+                let seq = seqs.get(&s.partition).copied().flatten();
+                tasks
+                    .entry(s.partition.partition)
+                    .or_default()
+                    .insert(s.partition.topic.clone(), (k, seq));
+            }
+            for (task, committed) in tasks {
+                self.recover_task(task, committed).await?;
+            }
+        }
         self.assigned.extend(partitions);
+        self.resume_at
+            .extend(starts.iter().map(|s| (s.partition.clone(), s.start_offset)));
         telemetry::assigned(&starts);
         if let Err(e) = self.processor.on_partitions_assigned(&starts).await {
             return Err(RuntimeError::Operator {
@@ -679,6 +860,10 @@ impl Engine {
         };
         for p in &partitions {
             self.assigned.remove(p);
+            self.resume_at.remove(p);
+            // Whatever happened to the commit, offsets of partitions this instance no longer
+            // owns must never be committed by it.
+            self.positions.remove(p);
         }
         result
     }
@@ -700,11 +885,122 @@ impl Engine {
         }
         if !self.outputs.is_empty() {
             self.begin_if_needed().await?;
-            let produced = self.produce_outputs().await?;
+            let Some(produced) = self.produce_outputs().await? else {
+                return Ok(()); // aborted and rewound: nothing to commit
+            };
             self.pending_out += produced;
         }
         self.commit("revoke").await
     }
+}
+
+impl Engine {
+    /// Recovers one task's state against the group's committed offsets, restoring from the
+    /// changelog when the local copy is behind.
+    async fn recover_task(&mut self, task: i32, committed: Committed) -> Result<(), RuntimeError> {
+        let config = Arc::clone(&self.config);
+        let result = self
+            .state_blocking(move |state| -> Result<(), RuntimeError> {
+                let k: BTreeMap<String, i64> = committed
+                    .iter()
+                    .filter_map(|(t, (o, _))| o.map(|o| (t.clone(), o)))
+                    .collect();
+                let seq = committed.values().filter_map(|(_, s)| *s).max().unwrap_or(0);
+                let outcome = state.recover(task, &committed)?;
+                tracing::info!(task, ?outcome, "state recovery");
+                let RecoveryOutcome::Behind { changelog_from } = outcome else {
+                    return Ok(());
+                };
+                let stores: Vec<StoreSpec> = state.stores().cloned().collect();
+                let mut ends = BTreeMap::new();
+                for store in stores {
+                    if store.changelog {
+                        let from = changelog_from.get(&store.name).copied();
+                        let end = restore(&config, state, &store.name, task, from)?;
+                        ends.insert(store.name, end);
+                    } else {
+                        tracing::warn!(task, store = %store.name,
+                            "local-only store is behind the committed offsets and has no changelog to restore from; it continues from its local contents");
+                    }
+                }
+                state.finish_restore(task, k, seq, ends)?;
+                Ok(())
+            })
+            .await;
+        result.unwrap_or(Ok(()))
+    }
+
+    /// Produces the uncommitted state writes of changelog stores (the final value of each key)
+    /// into the open transaction.
+    async fn produce_changelog(&mut self) -> Result<bool, RuntimeError> {
+        let Some(state) = &self.state else {
+            return Ok(true);
+        };
+        let app = &self.config.application_id;
+        let mut records = Vec::new();
+        state.for_each_changelog_write(|store, task, key, value| {
+            records.push(Output {
+                topic: Some(changelog_topic(app, store)),
+                partition: Some(task),
+                key: Some(key.to_vec()),
+                value: value.map(<[u8]>::to_vec),
+                ..Output::default()
+            });
+        });
+        if records.is_empty() {
+            return Ok(true);
+        }
+        self.outputs.extend(records);
+        Ok(self.produce_outputs().await?.is_some())
+    }
+
+    /// The state side of a commit: per task with new offsets, its next sequence number and
+    /// target offsets.
+    fn state_commits(&self) -> Result<Vec<TaskCommit>, RuntimeError> {
+        let Some(state) = &self.state else {
+            return Ok(Vec::new());
+        };
+        by_task(&self.positions)
+            .into_iter()
+            .map(|(task, offsets)| {
+                let seq = state.meta(task)?.map_or(0, |m| m.seq) + 1;
+                Ok((task, seq, offsets))
+            })
+            .collect()
+    }
+
+    /// Step 3d: apply the committed delta with its offsets and changelog positions.
+    async fn apply_state(&mut self, commits: Vec<TaskCommit>) -> Result<(), RuntimeError> {
+        if self.state.is_none() {
+            return Ok(());
+        }
+        let prefix = format!("{}-", self.config.application_id);
+        let next: BTreeMap<(String, i32), i64> = self
+            .delivery
+            .take_changelog_offsets()
+            .into_iter()
+            .filter_map(|((topic, p), o)| {
+                let store = topic.strip_prefix(&prefix)?.strip_suffix("-changelog")?;
+                Some(((store.to_string(), p), o + 1))
+            })
+            .collect();
+        match self.state_blocking(move |s| s.apply(&commits, &next)).await {
+            Some(Err(e)) => Err(self.stop(e.into()).await),
+            _ => {
+                failpoint("after_apply");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Groups a polled batch by task (partition number), keeping each partition's order.
+fn split_by_task(batch: Vec<Record>) -> Vec<Vec<Record>> {
+    let mut tasks: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for r in batch {
+        tasks.entry(r.partition).or_default().push(r);
+    }
+    tasks.into_values().collect()
 }
 
 fn kafka(during: &str, source: KafkaError) -> RuntimeError {
@@ -723,6 +1019,12 @@ fn to_tpl(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
     tpl
 }
 
+/// Start offsets, and the commit sequence number in each committed offset's metadata.
+pub(crate) type Starts = (
+    Vec<AssignedPartition>,
+    BTreeMap<TopicPartition, Option<u64>>,
+);
+
 /// Where reading starts for each partition: the group's committed offset (read as a stable
 /// offset, because the consumer is read_committed), or else `auto.offset.reset` resolved to a
 /// concrete offset now — the log start for `earliest`, the last stable offset for `latest` — so
@@ -732,18 +1034,40 @@ pub(crate) fn resolve_starts(
     group: &str,
     partitions: &[TopicPartition],
     policy: OffsetReset,
-) -> Result<Vec<AssignedPartition>, RuntimeError> {
+    patience: Duration,
+) -> Result<Starts, RuntimeError> {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition(&p.topic, p.partition);
     }
-    let committed = consumer
-        .committed_offsets(tpl, CALL_TIMEOUT)
-        .map_err(|source| kafka("fetching the group's committed offsets", source))?;
+    // A stable-offset fetch waits while a transaction that touches these offsets is open —
+    // e.g. one left by a crashed member, until the broker aborts it after its
+    // `transaction.timeout.ms`. That is worth waiting for, not an error.
+    let deadline = std::time::Instant::now() + patience;
+    let committed = loop {
+        let result = consumer
+            .committed_offsets(tpl.clone(), CALL_TIMEOUT)
+            .and_then(
+                |c| match c.elements().iter().find_map(|e| e.error().err()) {
+                    Some(e) => Err(e),
+                    None => Ok(c),
+                },
+            );
+        match result {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                telemetry::transient("fetching committed offsets", &e.to_string());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(source) => return Err(kafka("fetching the group's committed offsets", source)),
+        }
+    };
     let mut starts = Vec::with_capacity(partitions.len());
+    let mut seqs = BTreeMap::new();
     let mut missing = Vec::new();
     for e in committed.elements() {
         let partition = TopicPartition::new(e.topic(), e.partition());
+        seqs.insert(partition.clone(), parse_seq(e.metadata()));
         if let Offset::Offset(o) = e.offset() {
             starts.push(AssignedPartition {
                 partition,
@@ -779,5 +1103,5 @@ pub(crate) fn resolve_starts(
             partitions: missing,
         });
     }
-    Ok(starts)
+    Ok((starts, seqs))
 }

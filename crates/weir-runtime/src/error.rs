@@ -119,6 +119,19 @@ pub enum RuntimeError {
     #[error("the operator emitted an output without a topic, and `output.topic` is not set. Set output.topic or name the topic on the Output")]
     NoOutputTopic,
 
+    /// Local state cannot be used (see the message for why and what to do).
+    #[error(transparent)]
+    State(#[from] weir_state::StateStoreError),
+
+    /// A changelog topic exists but cannot serve as one.
+    #[error("changelog topic {topic:?} {problem}")]
+    Changelog {
+        /// The topic.
+        topic: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+
     /// weir's own state machine went wrong; please report it.
     #[error("internal error: {0}")]
     Internal(String),

@@ -12,6 +12,7 @@ mod error;
 mod instance;
 mod poll;
 mod rebalance;
+mod stateful;
 mod telemetry;
 
 pub use app::{App, RunSummary};

@@ -4,7 +4,8 @@
 //! is already buffered, up to `max.batch.records`. Rebalance callbacks run inside `poll`; when
 //! one revokes partitions, records of those partitions that were collected earlier in the same
 //! batch are dropped (the revocation committed the offsets *before* them, and a new owner, or
-//! this instance after a re-assignment, reads them again from there), and the batch ends.
+//! this instance after a re-assignment, reads them again from there), and the batch ends. When
+//! a callback aborted and rewound every partition, everything collected before is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -34,8 +35,20 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
     let mut timeout = wait;
     while polled.records.len() < max {
         let before = handler.revocations.load(Ordering::SeqCst);
+        let rewinds = handler.rewinds.load(Ordering::SeqCst);
         let next = consumer.poll(timeout);
         timeout = Duration::ZERO;
+        if handler.rewinds.load(Ordering::SeqCst) != rewinds {
+            // A callback aborted and sought every partition back: what was fetched before is
+            // read again. A record this same poll returned comes from after the seek.
+            polled.records.clear();
+            match next {
+                Some(Ok(m)) => polled.records.push(to_record(&m, &mut topics)),
+                Some(Err(e)) => polled.error = Some(e),
+                None => {}
+            }
+            break;
+        }
         if handler.revocations.load(Ordering::SeqCst) != before {
             let revoked: Vec<TopicPartition> =
                 std::mem::take(&mut *handler.revoked.lock().expect("poisoned"));

@@ -37,6 +37,8 @@ pub(crate) struct RebalanceHandler {
     pub(crate) revocations: AtomicU64,
     /// Partitions revoked since `poll_batch` last cleared this.
     pub(crate) revoked: StdMutex<Vec<TopicPartition>>,
+    /// The engine's rewind counter (see `Engine::rewinds`).
+    pub(crate) rewinds: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RebalanceHandler {

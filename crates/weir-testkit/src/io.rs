@@ -258,6 +258,24 @@ impl Kafka {
             .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"))
     }
 
+    /// Moves `group`'s committed offsets on `topic` (the group must have no active members),
+    /// as `kafka-consumer-groups.sh --reset-offsets` does.
+    pub fn set_committed_offsets(&self, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+        let client: BaseConsumer = base_config(self.bootstrap_servers())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offsets client");
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+                .expect("offset");
+        }
+        client
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .unwrap_or_else(|e| panic!("committing offsets for {group} on {topic}: {e}"));
+    }
+
     /// Checks that no transaction is left open on `topic`: on every partition the
     /// `read_committed` end (last stable offset) equals the `read_uncommitted` end (high
     /// watermark). Returns the partitions that differ, with both ends.

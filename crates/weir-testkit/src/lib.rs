@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 pub use cluster::{Backend, Kafka, StartError};
 pub use io::{unique, Isolation, ReadRecord, TestRecord};
 pub use process::{example_bin, ChildProcess};
-pub use verify::{verify_copy, Report};
+pub use verify::{verify_copy, verify_totals, Report};
 pub use weir_kafka::admin::TopicSpec;
 
 /// The broker shared by every test of this test binary, started on first use.

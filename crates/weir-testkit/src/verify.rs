@@ -44,6 +44,8 @@ pub struct Report {
     pub misplaced: Vec<String>,
     /// Partitions whose output order differs from the input order: the first difference.
     pub reordered: Vec<String>,
+    /// Outputs whose content is wrong (a `totals` aggregate that does not match the input).
+    pub wrong: Vec<String>,
 }
 
 impl Report {
@@ -55,6 +57,7 @@ impl Report {
             && self.unexpected.is_empty()
             && self.misplaced.is_empty()
             && self.reordered.is_empty()
+            && self.wrong.is_empty()
     }
 }
 
@@ -62,14 +65,15 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} input records, {} output records: {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered",
+            "{} input records, {} output records: {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered, {} wrong",
             self.input,
             self.output,
             self.duplicated.len(),
             self.lost.len(),
             self.unexpected.len(),
             self.misplaced.len(),
-            self.reordered.len()
+            self.reordered.len(),
+            self.wrong.len()
         )?;
         for (name, list) in [
             ("duplicated", &self.duplicated),
@@ -77,6 +81,7 @@ impl fmt::Display for Report {
             ("unexpected", &self.unexpected),
             ("misplaced", &self.misplaced),
             ("reordered", &self.reordered),
+            ("wrong", &self.wrong),
         ] {
             for item in list.iter().take(20) {
                 writeln!(f, "  {name}: {item}")?;
@@ -151,6 +156,116 @@ pub fn verify_copy(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
     report
 }
 
+/// One `totals` output: key, count, sum, min, max.
+type Aggregate = (String, u64, i128, i64, i64);
+
+fn parse_totals(r: &ReadRecord) -> Option<Aggregate> {
+    let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+    let sum = match &v["sum"] {
+        serde_json::Value::Number(n) => n.to_string().parse().ok()?,
+        _ => return None,
+    };
+    Some((
+        v["key"].as_str()?.to_string(),
+        v["count"].as_u64()?,
+        sum,
+        v["min"].as_i64()?,
+        v["max"].as_i64()?,
+    ))
+}
+
+/// Checks the output of the `totals` example: for every input record whose value parses as an
+/// `i64`, exactly one output holding the running aggregate of its key up to and including it,
+/// in its partition, in input order. Outputs are identified by `(key, count)`.
+pub fn verify_totals(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
+    let mut running: HashMap<String, (u64, i128, i64, i64)> = HashMap::new();
+    let mut expected: HashMap<(String, u64), (i32, Aggregate)> = HashMap::new();
+    let mut order: HashMap<i32, Vec<(String, u64)>> = HashMap::new();
+    for r in input {
+        let Some(v) = r
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let key = r.key_text();
+        let a = running
+            .entry(key.clone())
+            .and_modify(|(c, s, lo, hi)| {
+                *c += 1;
+                *s += i128::from(v);
+                *lo = (*lo).min(v);
+                *hi = (*hi).max(v);
+            })
+            .or_insert((1, v.into(), v, v));
+        let agg = (key.clone(), a.0, a.1, a.2, a.3);
+        expected.insert((key.clone(), a.0), (r.partition, agg));
+        order.entry(r.partition).or_default().push((key, a.0));
+    }
+    let mut report = Report {
+        input: expected.len(),
+        output: output.len(),
+        ..Report::default()
+    };
+    let mut seen: HashMap<(String, u64), usize> = HashMap::new();
+    let mut firsts: HashMap<i32, Vec<(String, u64)>> = HashMap::new();
+    for r in output {
+        let Some(agg) = parse_totals(r) else {
+            report
+                .unexpected
+                .push(format!("{} (not a totals record)", show(r)));
+            continue;
+        };
+        let id = (agg.0.clone(), agg.1);
+        let n = seen.entry(id.clone()).or_insert(0);
+        *n += 1;
+        if *n == 2 {
+            report.duplicated.push(format!(
+                "{} count {} (p{}@{})",
+                id.0, id.1, r.partition, r.offset
+            ));
+        }
+        match expected.get(&id) {
+            None => report.unexpected.push(show(r)),
+            Some((p, want)) => {
+                if *want != agg {
+                    report.wrong.push(format!(
+                        "{} at p{}@{}: got {agg:?}, expected {want:?}",
+                        id.0, r.partition, r.offset
+                    ));
+                }
+                if *p != r.partition {
+                    report
+                        .misplaced
+                        .push(format!("{} (input in p{p})", show(r)));
+                }
+                if *n == 1 {
+                    firsts.entry(r.partition).or_default().push(id);
+                }
+            }
+        }
+    }
+    for (p, ids) in &order {
+        for id in ids {
+            if !seen.contains_key(id) {
+                report.lost.push(format!("{} count {} (p{p})", id.0, id.1));
+            }
+        }
+        let want: Vec<&(String, u64)> = ids.iter().filter(|id| seen.contains_key(*id)).collect();
+        let got = firsts.get(p).map(Vec::as_slice).unwrap_or_default();
+        if let Some(i) = (0..want.len().min(got.len())).find(|&i| *want[i] != got[i]) {
+            report.reordered.push(format!(
+                "partition {p}: output #{i} is {:?} where {:?} comes first",
+                got[i], want[i]
+            ));
+        }
+    }
+    report.lost.sort();
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +278,65 @@ mod tests {
             value: Some(v.as_bytes().to_vec()),
             headers: vec![],
         }
+    }
+
+    fn totals_rec(p: i32, o: i64, key: &str, value: &str) -> ReadRecord {
+        ReadRecord {
+            partition: p,
+            offset: o,
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn totals_verifier_recomputes_running_aggregates() {
+        let input = vec![
+            totals_rec(0, 0, "a", "5"),
+            totals_rec(0, 1, "a", "-2"),
+            totals_rec(0, 2, "a", "x"),
+        ];
+        let good = vec![
+            totals_rec(
+                0,
+                0,
+                "a",
+                r#"{"key":"a","count":1,"sum":5,"min":5,"max":5}"#,
+            ),
+            totals_rec(
+                0,
+                1,
+                "a",
+                r#"{"key":"a","count":2,"sum":3,"min":-2,"max":5}"#,
+            ),
+        ];
+        let r = verify_totals(&input, &good);
+        assert!(r.is_exactly_once(), "{r}");
+        let bad = vec![
+            totals_rec(
+                0,
+                0,
+                "a",
+                r#"{"key":"a","count":1,"sum":5,"min":5,"max":5}"#,
+            ),
+            totals_rec(
+                0,
+                1,
+                "a",
+                r#"{"key":"a","count":1,"sum":5,"min":5,"max":5}"#,
+            ),
+            totals_rec(
+                0,
+                2,
+                "a",
+                r#"{"key":"a","count":2,"sum":4,"min":-2,"max":5}"#,
+            ),
+        ];
+        let r = verify_totals(&input, &bad);
+        assert_eq!(r.duplicated.len(), 1, "{r}");
+        assert_eq!(r.wrong.len(), 1, "{r}");
+        assert!(r.lost.is_empty(), "{r}");
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! The runtime side of state: changelog topics, restore, failpoints, and the bookkeeping that
+//! ties a commit's offsets to its state delta (the sequence number in the offsets' metadata).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use weir_core::Config;
+use weir_kafka::admin::{Admin, TopicSpec};
+use weir_kafka::clients::base_config;
+use weir_state::{changelog_topic, StateManager};
+
+use crate::RuntimeError;
+
+/// The prefix of the committed offsets' metadata that carries the commit sequence number.
+const SEQ_PREFIX: &str = "weir:seq=";
+
+/// The metadata string for a commit with this sequence number.
+pub(crate) fn seq_metadata(seq: u64) -> String {
+    format!("{SEQ_PREFIX}{seq}")
+}
+
+/// The sequence number in a committed offset's metadata, if weir wrote it.
+pub(crate) fn parse_seq(metadata: &str) -> Option<u64> {
+    metadata.strip_prefix(SEQ_PREFIX)?.parse().ok()
+}
+
+/// Crashes the process at a named step of the commit cycle when `WEIR_FAILPOINT` names it
+/// (`name`, or `name:N` for the N-th time the step is reached). Steps: `after_produce`,
+/// `after_send_offsets`, `after_prepare`, `after_commit_transaction`, `after_apply`.
+/// Without the variable this is one atomic load.
+pub(crate) fn failpoint(name: &str) {
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("WEIR_FAILPOINT").ok()?;
+        let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((n.to_string(), count.parse().unwrap_or(1)))
+    });
+    if let Some((n, at)) = spec {
+        if n == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+            eprintln!("weir: failpoint {name} reached: crashing now (WEIR_FAILPOINT)");
+            std::process::abort();
+        }
+    }
+}
+
+/// Creates missing changelog topics (compacted, one partition per task) and checks existing
+/// ones. Blocking.
+pub(crate) fn ensure_changelogs(
+    config: &Config,
+    state: &StateManager,
+    admin: &Admin,
+) -> Result<(), RuntimeError> {
+    let mut tasks = 0;
+    for t in &config.input_topics {
+        tasks = tasks.max(admin.partition_count(t)?);
+    }
+    for store in state.stores().filter(|s| s.changelog) {
+        let topic = changelog_topic(&config.application_id, &store.name);
+        match admin.partition_count(&topic) {
+            Ok(n) if n != tasks => {
+                return Err(RuntimeError::Changelog {
+                    topic,
+                    problem: format!(
+                        "has {n} partitions but the input has {tasks} tasks; a changelog needs \
+                         one partition per task. Delete it (its state is then rebuilt from the \
+                         input) or fix the input topics"
+                    ),
+                })
+            }
+            Ok(_) => {
+                let policy = admin.topic_config(&topic, "cleanup.policy")?;
+                if !policy.as_deref().unwrap_or_default().contains("compact") {
+                    return Err(RuntimeError::Changelog {
+                        topic,
+                        problem: format!(
+                            "has cleanup.policy={} ; a changelog must be compacted or old state is \
+                             deleted by retention. Set cleanup.policy=compact on it",
+                            policy.unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+            Err(weir_kafka::admin::AdminError::MissingTopic { .. }) => {
+                let mut spec = TopicSpec::new(&topic, tasks);
+                spec.replication = -1; // the broker's default.replication.factor
+                spec.configs
+                    .push(("cleanup.policy".into(), "compact".into()));
+                admin.create_topics(&[spec])?;
+                tracing::info!(topic, partitions = tasks, "created changelog topic");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Restores `store` of `task` from its changelog partition, from `from` (or the beginning,
+/// after wiping the local copy) to the last stable offset, in batches. Returns the next
+/// changelog offset. Blocking.
+pub(crate) fn restore(
+    config: &Config,
+    state: &StateManager,
+    store: &str,
+    task: i32,
+    from: Option<i64>,
+) -> Result<i64, RuntimeError> {
+    let topic = changelog_topic(&config.application_id, store);
+    let kafka = |during: &str, e: KafkaError| RuntimeError::Kafka {
+        during: format!("restoring {topic}/{task}: {during}"),
+        source: e.into(),
+    };
+    let consumer: BaseConsumer = base_config(&config.bootstrap_servers)
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("group.id", format!("{}-restore", config.application_id))
+        .create()
+        .map_err(|e| kafka("creating the reader", e))?;
+    let (low, end) = consumer
+        .fetch_watermarks(&topic, task, Duration::from_secs(30))
+        .map_err(|e| kafka("watermarks", e))?;
+    let start = match from {
+        Some(o) => o.max(low),
+        None => {
+            state.wipe(task, store)?;
+            low
+        }
+    };
+    if start >= end {
+        return Ok(end.max(start));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, task, Offset::Offset(start))
+        .map_err(|e| kafka("assign", e))?;
+    consumer.assign(&tpl).map_err(|e| kafka("assign", e))?;
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(10_000);
+    let mut restored = 0u64;
+    let mut position = start;
+    tracing::info!(
+        topic,
+        task,
+        from = start,
+        to = end,
+        "restoring state from the changelog"
+    );
+    while position < end {
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka("reading", e)),
+            Some(Ok(m)) => {
+                position = m.offset() + 1;
+                if let Some(key) = m.key() {
+                    batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                }
+            }
+        }
+        if batch.len() >= 10_000 || (position >= end && !batch.is_empty()) {
+            state.restore_batch(task, store, &batch)?;
+            restored += batch.len() as u64;
+            batch.clear();
+            metrics::gauge!("weir_restore_remaining_records", "store" => store.to_string())
+                .set((end - position).max(0) as f64);
+        }
+        if last_log.elapsed() > Duration::from_secs(5) {
+            tracing::info!(topic, task, position, end, restored, "restoring");
+            last_log = Instant::now();
+        }
+    }
+    if !batch.is_empty() {
+        state.restore_batch(task, store, &batch)?;
+        restored += batch.len() as u64;
+    }
+    metrics::counter!("weir_restored_records_total").increment(restored);
+    tracing::info!(topic, task, restored, took = ?started.elapsed(), "restore finished");
+    Ok(end)
+}
+
+/// Groups offsets by task (partition number): `task -> topic -> next offset`.
+pub(crate) fn by_task(
+    positions: &BTreeMap<weir_core::TopicPartition, i64>,
+) -> BTreeMap<i32, BTreeMap<String, i64>> {
+    let mut tasks: BTreeMap<i32, BTreeMap<String, i64>> = BTreeMap::new();
+    for (tp, o) in positions {
+        tasks
+            .entry(tp.partition)
+            .or_default()
+            .insert(tp.topic.clone(), *o);
+    }
+    tasks
+}

@@ -1,0 +1,37 @@
+//! weir-state: RocksDB state that commits and recovers in step with the input offsets.
+//!
+//! # Layout (one RocksDB per application: `{state.dir}/{application.id}/rocksdb`)
+//!
+//! | key | value |
+//! |---|---|
+//! | `0x01 task:u32be len:u8 store key` | a store entry of a task |
+//! | `0x02 task:u32be` | [`TaskMeta`]: the task's committed input offsets (`R`), changelog offsets, commit sequence number |
+//! | `0x03 task:u32be` | [`Pending`]: a prepared commit's target offsets and sequence number |
+//! | `0x04 task:u32be` | the prepared commit's state delta (binary, see `delta.rs`) |
+//!
+//! A task's entries, offsets and changelog offsets change only together, in one atomic
+//! `WriteBatch`.
+//!
+//! # The two-phase commit (DESIGN.md "The commit cycle", steps b and d)
+//!
+//! ```text
+//! process:  writes go to the task's overlay (reads see overlay, then RocksDB)
+//! prepare:  one synced WriteBatch: per dirty task, Pending{seq, target offsets} + delta
+//! (Kafka commit_transaction: the decision)
+//! apply:    one WriteBatch: delta + TaskMeta{offsets, changelog offsets, seq}, pending dropped
+//! abort:    overlay dropped; pending dropped
+//! ```
+//!
+//! # Recovery (DESIGN.md "Recovery"), per task, by [`StateManager::recover`]
+//!
+//! A pending entry rolls forward when Kafka's committed offsets carry its sequence number (and
+//! its offsets), back otherwise. Then `R == K` resumes as is; `R < K` restores from the
+//! changelog; `R > K` is an error.
+
+mod delta;
+mod manager;
+
+pub use manager::{
+    changelog_topic, Committed, Pending, RecoveryOutcome, StateManager, StateStoreError,
+    TaskCommit, TaskMeta,
+};

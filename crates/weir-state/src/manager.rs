@@ -1,0 +1,768 @@
+//! The state manager: overlay, prepare/apply/abort, recovery, restore. See the crate docs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use weir_core::{StateAccess, StateError, StoreSpec};
+
+use crate::delta::{self, Change};
+
+const DATA: u8 = 0x01;
+const META: u8 = 0x02;
+const PENDING: u8 = 0x03;
+const DELTA: u8 = 0x04;
+
+/// The name of a store's changelog topic.
+pub fn changelog_topic(application_id: &str, store: &str) -> String {
+    format!("{application_id}-{store}-changelog")
+}
+
+/// What is stored with a task's state (`R` in DESIGN.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    /// Next input offset per topic, committed together with this state.
+    pub offsets: BTreeMap<String, i64>,
+    /// Next changelog offset per store: where a restore of this local copy would continue.
+    pub changelog: BTreeMap<String, i64>,
+    /// The sequence number of the last commit applied.
+    pub seq: u64,
+}
+
+/// A prepared, not yet applied, commit of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Its sequence number (also in the committed offsets' metadata in Kafka).
+    pub seq: u64,
+    /// Its target input offsets per topic.
+    pub offsets: BTreeMap<String, i64>,
+}
+
+/// What recovery decided for a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// No committed offsets and no local state: a new task.
+    Fresh,
+    /// Local state is exactly at the committed offsets: no replay, no restore.
+    InStep {
+        /// Whether a pending entry was rolled forward to get there.
+        rolled_forward: bool,
+    },
+    /// Local state is behind (or missing): restore from the changelog, from these offsets per
+    /// store (absent: from the beginning).
+    Behind {
+        /// Changelog offsets the local copy has.
+        changelog_from: BTreeMap<String, i64>,
+    },
+}
+
+/// A state failure: where, what, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StateStoreError {
+    /// RocksDB failed.
+    #[error("RocksDB at {path}: {message}")]
+    Rocks {
+        /// The database directory.
+        path: PathBuf,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// Stored metadata does not decode.
+    #[error("state at {path}: task {task}: stored {what} is unreadable; the state directory is damaged. Delete it to restore from the changelogs")]
+    Corrupt {
+        /// The database directory.
+        path: PathBuf,
+        /// The task.
+        task: i32,
+        /// Which record.
+        what: &'static str,
+    },
+    /// Local state is ahead of the group's committed offsets.
+    #[error(
+        "task {task}: local state is ahead of the committed offsets ({details}): the group's \
+         offsets were moved back behind weir's back. Reset state and offsets together with \
+         `weir offsets reset --reset-state` (or delete this instance's state directory {path} \
+         to rebuild from the changelog at the new offsets)"
+    )]
+    Ahead {
+        /// The task.
+        task: i32,
+        /// Per topic: local vs committed.
+        details: String,
+        /// The state directory.
+        path: PathBuf,
+    },
+}
+
+fn task_key(tag: u8, task: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5);
+    k.push(tag);
+    k.extend_from_slice(&(task as u32).to_be_bytes());
+    k
+}
+
+fn data_prefix(task: i32, store: &str) -> Vec<u8> {
+    let mut k = task_key(DATA, task);
+    k.push(store.len() as u8);
+    k.extend_from_slice(store.as_bytes());
+    k
+}
+
+fn data_key(task: i32, store: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = data_prefix(task, store);
+    k.extend_from_slice(key);
+    k
+}
+
+type OverlayKey = (String, Vec<u8>);
+
+/// A task's part of a commit: task, sequence number, target offsets per input topic.
+pub type TaskCommit = (i32, u64, BTreeMap<String, i64>);
+
+/// Per input topic of a task: the group's committed offset and the sequence number from its
+/// metadata (`K` in DESIGN.md).
+pub type Committed = BTreeMap<String, (Option<i64>, Option<u64>)>;
+
+/// RocksDB state of one application instance, with an uncommitted overlay per task.
+pub struct StateManager {
+    db: DB,
+    path: PathBuf,
+    stores: BTreeMap<String, StoreSpec>,
+    overlays: BTreeMap<i32, BTreeMap<OverlayKey, Option<Vec<u8>>>>,
+    uncommitted_bytes: usize,
+}
+
+impl std::fmt::Debug for StateManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateManager")
+            .field("path", &self.path)
+            .field("stores", &self.stores.keys().collect::<Vec<_>>())
+            .field("uncommitted_bytes", &self.uncommitted_bytes)
+            .finish()
+    }
+}
+
+impl StateManager {
+    /// Opens (or creates) the database at `path`. A database RocksDB reports as corrupt is
+    /// moved aside to `{path}.corrupt-{unix time}` — never reused — and a new one is created;
+    /// every task then restores from its changelogs. Returns the manager and, if it happened,
+    /// where the corrupt copy went.
+    pub fn open(
+        path: &Path,
+        stores: Vec<StoreSpec>,
+    ) -> Result<(Self, Option<PathBuf>), StateStoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_paranoid_checks(true);
+        opts.increase_parallelism(2);
+        let rocks = |e: rocksdb::Error| StateStoreError::Rocks {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let (db, moved) = match DB::open(&opts, path) {
+            Ok(db) => (db, None),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = PathBuf::from(format!("{}.corrupt-{secs}", path.display()));
+                tracing::error!(path = %path.display(), aside = %aside.display(), error = %e,
+                    "state directory is corrupt; moving it aside and restoring from the changelogs");
+                std::fs::rename(path, &aside).map_err(|io| StateStoreError::Rocks {
+                    path: path.to_path_buf(),
+                    message: format!("corrupt ({e}) and cannot be moved aside: {io}"),
+                })?;
+                (DB::open(&opts, path).map_err(rocks)?, Some(aside))
+            }
+            Err(e) => return Err(rocks(e)),
+        };
+        Ok((
+            Self {
+                db,
+                path: path.to_path_buf(),
+                stores: stores.into_iter().map(|s| (s.name.clone(), s)).collect(),
+                overlays: BTreeMap::new(),
+                uncommitted_bytes: 0,
+            },
+            moved,
+        ))
+    }
+
+    fn rocks(&self, e: &rocksdb::Error) -> StateStoreError {
+        StateStoreError::Rocks {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The declared stores.
+    pub fn stores(&self) -> impl Iterator<Item = &StoreSpec> {
+        self.stores.values()
+    }
+
+    /// Bytes written since the last commit (keys and values), the bound that forces an early
+    /// commit.
+    pub fn uncommitted_bytes(&self) -> usize {
+        self.uncommitted_bytes
+    }
+
+    /// The operator's view of `task`'s stores.
+    pub fn access(&mut self, task: i32) -> TaskAccess<'_> {
+        TaskAccess {
+            manager: self,
+            task,
+        }
+    }
+
+    /// Calls `f(store, task, key, value)` for every uncommitted write to a store with a
+    /// changelog — the final value of each key in this transaction, not every update.
+    pub fn for_each_changelog_write(&self, mut f: impl FnMut(&str, i32, &[u8], Option<&[u8]>)) {
+        for (task, overlay) in &self.overlays {
+            for ((store, key), value) in overlay {
+                if self.stores.get(store).is_some_and(|s| s.changelog) {
+                    f(store, *task, key, value.as_deref());
+                }
+            }
+        }
+    }
+
+    /// The tasks with uncommitted writes.
+    pub fn dirty_tasks(&self) -> BTreeSet<i32> {
+        self.overlays.keys().copied().collect()
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+        task: i32,
+        what: &'static str,
+    ) -> Result<Option<T>, StateStoreError> {
+        match self.db.get(key).map_err(|e| self.rocks(&e))? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|_| StateStoreError::Corrupt {
+                        path: self.path.clone(),
+                        task,
+                        what,
+                    })
+            }
+        }
+    }
+
+    /// The offsets stored with `task`'s state (`R`), if any.
+    pub fn meta(&self, task: i32) -> Result<Option<TaskMeta>, StateStoreError> {
+        self.read_json(&task_key(META, task), task, "offsets")
+    }
+
+    /// `task`'s prepared commit, if one was not applied.
+    pub fn pending(&self, task: i32) -> Result<Option<Pending>, StateStoreError> {
+        self.read_json(&task_key(PENDING, task), task, "pending entry")
+    }
+
+    fn overlay_changes(&self, task: i32) -> Vec<Change> {
+        self.overlays
+            .get(&task)
+            .map(|o| {
+                o.iter()
+                    .map(|((s, k), v)| (s.clone(), k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// **Prepare** (step b): one synced, atomic write of every committing task's delta and
+    /// target offsets as a pending entry.
+    pub fn prepare(&self, commits: &[TaskCommit]) -> Result<(), StateStoreError> {
+        let mut batch = WriteBatch::default();
+        for (task, seq, offsets) in commits {
+            let pending = Pending {
+                seq: *seq,
+                offsets: offsets.clone(),
+            };
+            batch.put(
+                task_key(PENDING, *task),
+                serde_json::to_vec(&pending).expect("serializable"),
+            );
+            batch.put(
+                task_key(DELTA, *task),
+                delta::encode(&self.overlay_changes(*task)),
+            );
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(batch, &sync).map_err(|e| self.rocks(&e))
+    }
+
+    /// **Apply** (step d): the deltas, the new offsets (`R = K`), changelog offsets and
+    /// sequence numbers in one atomic write; pending entries dropped; the overlay cleared.
+    pub fn apply(
+        &mut self,
+        commits: &[TaskCommit],
+        changelog_next: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), StateStoreError> {
+        let mut batch = WriteBatch::default();
+        for (task, seq, offsets) in commits {
+            let changes = self.overlay_changes(*task);
+            let mut meta = self.meta(*task)?.unwrap_or_default();
+            meta.offsets
+                .extend(offsets.iter().map(|(t, o)| (t.clone(), *o)));
+            meta.seq = *seq;
+            for ((store, t), next) in changelog_next {
+                if t == task {
+                    meta.changelog.insert(store.clone(), *next);
+                }
+            }
+            write_changes(&mut batch, *task, &changes);
+            batch.put(
+                task_key(META, *task),
+                serde_json::to_vec(&meta).expect("serializable"),
+            );
+            batch.delete(task_key(PENDING, *task));
+            batch.delete(task_key(DELTA, *task));
+        }
+        self.db.write(batch).map_err(|e| self.rocks(&e))?;
+        self.overlays.clear();
+        self.uncommitted_bytes = 0;
+        Ok(())
+    }
+
+    /// **Abort**: the overlay and any pending entries of dirty tasks are dropped.
+    pub fn abort(&mut self) -> Result<(), StateStoreError> {
+        let mut batch = WriteBatch::default();
+        for task in self.overlays.keys() {
+            batch.delete(task_key(PENDING, *task));
+            batch.delete(task_key(DELTA, *task));
+        }
+        self.db.write(batch).map_err(|e| self.rocks(&e))?;
+        self.overlays.clear();
+        self.uncommitted_bytes = 0;
+        Ok(())
+    }
+
+    /// Recovery of one task against `committed` — per input topic, the group's committed offset
+    /// and the sequence number from its metadata (DESIGN.md, "Recovery").
+    pub fn recover(
+        &mut self,
+        task: i32,
+        committed: &Committed,
+    ) -> Result<RecoveryOutcome, StateStoreError> {
+        self.overlays.remove(&task);
+        let mut rolled_forward = false;
+        if let Some(pending) = self.pending(task)? {
+            let decided = pending
+                .offsets
+                .iter()
+                .all(|(t, o)| committed.get(t) == Some(&(Some(*o), Some(pending.seq))));
+            let mut batch = WriteBatch::default();
+            if decided {
+                let bytes = self
+                    .db
+                    .get(task_key(DELTA, task))
+                    .map_err(|e| self.rocks(&e))?;
+                let changes =
+                    delta::decode(bytes.as_deref().unwrap_or_default()).ok_or_else(|| {
+                        StateStoreError::Corrupt {
+                            path: self.path.clone(),
+                            task,
+                            what: "pending delta",
+                        }
+                    })?;
+                let mut meta = self.meta(task)?.unwrap_or_default();
+                meta.offsets.extend(pending.offsets.clone());
+                meta.seq = pending.seq;
+                // The changelog offsets are not known here; a later restore re-reads from the
+                // previous ones, which is idempotent.
+                write_changes(&mut batch, task, &changes);
+                batch.put(
+                    task_key(META, task),
+                    serde_json::to_vec(&meta).expect("serializable"),
+                );
+                rolled_forward = true;
+                tracing::info!(
+                    task,
+                    seq = pending.seq,
+                    "pending state commit rolled forward (Kafka committed it)"
+                );
+            } else {
+                tracing::info!(
+                    task,
+                    seq = pending.seq,
+                    "pending state commit rolled back (Kafka did not commit it)"
+                );
+            }
+            batch.delete(task_key(PENDING, task));
+            batch.delete(task_key(DELTA, task));
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            self.db
+                .write_opt(batch, &sync)
+                .map_err(|e| self.rocks(&e))?;
+        }
+
+        let meta = self.meta(task)?;
+        let local = meta.as_ref().map(|m| &m.offsets);
+        let mut ahead = Vec::new();
+        let mut behind = false;
+        let mut fresh = true;
+        for (topic, (k, _)) in committed {
+            let r = local.and_then(|l| l.get(topic)).copied();
+            match (r, *k) {
+                (None, None) => {}
+                (Some(r), Some(k)) if r == k => fresh = false,
+                (None, Some(_)) => {
+                    behind = true;
+                    fresh = false;
+                }
+                (Some(r), Some(k)) if r < k => {
+                    behind = true;
+                    fresh = false;
+                }
+                (r, k) => ahead.push(format!(
+                    "{topic}/{task}: local {} vs committed {}",
+                    r.map_or("none".into(), |o| o.to_string()),
+                    k.map_or("none".into(), |o| o.to_string())
+                )),
+            }
+        }
+        if !ahead.is_empty() {
+            return Err(StateStoreError::Ahead {
+                task,
+                details: ahead.join(", "),
+                path: self.path.clone(),
+            });
+        }
+        Ok(if behind {
+            RecoveryOutcome::Behind {
+                changelog_from: meta.map(|m| m.changelog).unwrap_or_default(),
+            }
+        } else if fresh && meta.is_none() {
+            RecoveryOutcome::Fresh
+        } else {
+            RecoveryOutcome::InStep { rolled_forward }
+        })
+    }
+
+    /// Deletes every entry of `task` in `store` (before a restore from the beginning).
+    pub fn wipe(&self, task: i32, store: &str) -> Result<(), StateStoreError> {
+        let prefix = data_prefix(task, store);
+        let end = weir_core::state::prefix_end(&prefix).expect("non-empty prefix");
+        let mut batch = WriteBatch::default();
+        batch.delete_range(&prefix, &end);
+        self.db.write(batch).map_err(|e| self.rocks(&e))
+    }
+
+    /// Writes a batch of changelog records (restore); `None` values delete.
+    pub fn restore_batch(
+        &self,
+        task: i32,
+        store: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), StateStoreError> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in records {
+            match v {
+                Some(v) => batch.put(data_key(task, store, k), v),
+                None => batch.delete(data_key(task, store, k)),
+            }
+        }
+        self.db.write(batch).map_err(|e| self.rocks(&e))
+    }
+
+    /// Ends a restore: `R = K`, with the changelog offsets reached.
+    pub fn finish_restore(
+        &self,
+        task: i32,
+        offsets: BTreeMap<String, i64>,
+        seq: u64,
+        changelog: BTreeMap<String, i64>,
+    ) -> Result<(), StateStoreError> {
+        let mut meta = self.meta(task)?.unwrap_or_default();
+        meta.offsets = offsets;
+        meta.seq = seq;
+        meta.changelog.extend(changelog);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .put_opt(
+                task_key(META, task),
+                serde_json::to_vec(&meta).expect("serializable"),
+                &sync,
+            )
+            .map_err(|e| self.rocks(&e))
+    }
+
+    /// Every task with stored offsets, and its metadata (for inspection).
+    pub fn tasks(&self) -> Result<Vec<(i32, TaskMeta)>, StateStoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&[META], Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.rocks(&e))?;
+            if k.first() != Some(&META) || k.len() != 5 {
+                break;
+            }
+            let task = u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as i32;
+            let meta = serde_json::from_slice(&v).map_err(|_| StateStoreError::Corrupt {
+                path: self.path.clone(),
+                task,
+                what: "offsets",
+            })?;
+            out.push((task, meta));
+        }
+        Ok(out)
+    }
+}
+
+fn write_changes(batch: &mut WriteBatch, task: i32, changes: &[Change]) {
+    for (store, key, value) in changes {
+        match value {
+            Some(v) => batch.put(data_key(task, store, key), v),
+            None => batch.delete(data_key(task, store, key)),
+        }
+    }
+}
+
+/// One task's stores, as [`StateAccess`] for the operator's context.
+pub struct TaskAccess<'m> {
+    manager: &'m mut StateManager,
+    task: i32,
+}
+
+impl std::fmt::Debug for TaskAccess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskAccess")
+            .field("task", &self.task)
+            .finish()
+    }
+}
+
+impl TaskAccess<'_> {
+    fn check(&self, store: &str) -> Result<(), StateError> {
+        if self.manager.stores.contains_key(store) {
+            Ok(())
+        } else {
+            Err(StateError::UnknownStore(store.to_string()))
+        }
+    }
+
+    fn write(&mut self, store: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StateError> {
+        self.check(store)?;
+        self.manager.uncommitted_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        self.manager
+            .overlays
+            .entry(self.task)
+            .or_default()
+            .insert((store.to_string(), key.to_vec()), value);
+        Ok(())
+    }
+}
+
+impl StateAccess for TaskAccess<'_> {
+    fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.check(store)?;
+        if let Some(v) = self
+            .manager
+            .overlays
+            .get(&self.task)
+            .and_then(|o| o.get(&(store.to_string(), key.to_vec())))
+        {
+            return Ok(v.clone());
+        }
+        self.manager
+            .db
+            .get(data_key(self.task, store, key))
+            .map_err(|e| StateError::Storage(e.to_string()))
+    }
+
+    fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) -> Result<(), StateError> {
+        self.write(store, key, Some(value))
+    }
+
+    fn delete(&mut self, store: &str, key: &[u8]) -> Result<(), StateError> {
+        self.write(store, key, None)
+    }
+
+    fn scan(
+        &mut self,
+        store: &str,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<weir_core::state::Entries, StateError> {
+        self.check(store)?;
+        let prefix = data_prefix(self.task, store);
+        let in_range = |k: &[u8]| {
+            (match from {
+                Bound::Included(f) => k >= f,
+                Bound::Excluded(f) => k > f,
+                Bound::Unbounded => true,
+            }) && (match to {
+                Bound::Included(t) => k <= t,
+                Bound::Excluded(t) => k < t,
+                Bound::Unbounded => true,
+            })
+        };
+        let start = match from {
+            Bound::Included(f) | Bound::Excluded(f) => data_key(self.task, store, f),
+            Bound::Unbounded => prefix.clone(),
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for item in self
+            .manager
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| StateError::Storage(e.to_string()))?;
+            let Some(user_key) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if !in_range_upper(user_key, to) {
+                break;
+            }
+            if !in_range(user_key) {
+                continue; // equal to an excluded lower bound
+            }
+            merged.insert(user_key.to_vec(), v.to_vec());
+        }
+        if let Some(overlay) = self.manager.overlays.get(&self.task) {
+            for ((s, k), v) in overlay {
+                if s == store && in_range(k) {
+                    match v {
+                        Some(v) => merged.insert(k.clone(), v.clone()),
+                        None => merged.remove(k),
+                    };
+                }
+            }
+        }
+        Ok(merged.into_iter().collect())
+    }
+}
+
+fn in_range_upper(k: &[u8], to: Bound<&[u8]>) -> bool {
+    match to {
+        Bound::Included(t) => k <= t,
+        Bound::Excluded(t) => k < t,
+        Bound::Unbounded => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> StateManager {
+        StateManager::open(dir, vec![StoreSpec::new("s")])
+            .unwrap()
+            .0
+    }
+
+    fn tmp() -> PathBuf {
+        std::env::temp_dir().join(format!("weir-state-test-{:x}", rand_u64()))
+    }
+
+    fn rand_u64() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        h.finish()
+    }
+
+    fn offsets(o: i64) -> BTreeMap<String, i64> {
+        [("in".to_string(), o)].into()
+    }
+
+    #[test]
+    fn overlay_is_read_first_and_vanishes_on_abort() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        m.access(0).put("s", b"a", b"1".to_vec()).unwrap();
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            m.access(1).get("s", b"a").unwrap(),
+            None,
+            "tasks are separate"
+        );
+        m.abort().unwrap();
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), None);
+        assert!(matches!(
+            m.access(0).get("nope", b"a"),
+            Err(StateError::UnknownStore(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn prepare_apply_and_scan_merge() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        for k in [b"a", b"b", b"c"] {
+            m.access(0).put("s", k, k.to_vec()).unwrap();
+        }
+        let commits = vec![(0, 1, offsets(3))];
+        m.prepare(&commits).unwrap();
+        m.apply(&commits, &[(("s".to_string(), 0), 7)].into())
+            .unwrap();
+        assert_eq!(m.pending(0).unwrap(), None);
+        let meta = m.meta(0).unwrap().unwrap();
+        assert_eq!(
+            (meta.offsets, meta.seq, meta.changelog["s"]),
+            (offsets(3), 1, 7)
+        );
+        m.access(0).delete("s", b"b").unwrap();
+        m.access(0).put("s", b"bb", b"x".to_vec()).unwrap();
+        let all = m
+            .access(0)
+            .scan("s", Bound::Unbounded, Bound::Unbounded)
+            .unwrap();
+        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"a"[..], b"bb", b"c"]);
+        let some = m
+            .access(0)
+            .scan("s", Bound::Included(b"b"), Bound::Excluded(b"c"))
+            .unwrap();
+        assert_eq!(some, vec![(b"bb".to_vec(), b"x".to_vec())]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn recovery_rolls_forward_only_what_kafka_committed() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        m.access(0).put("s", b"k", b"v".to_vec()).unwrap();
+        m.access(1).put("s", b"k", b"w".to_vec()).unwrap();
+        let commits = vec![(0, 1, offsets(5)), (1, 1, offsets(9))];
+        m.prepare(&commits).unwrap();
+        drop(m); // crash between prepare and apply
+        let mut m = open(&dir);
+        // Kafka has seq 1 at offset 5 for task 0 (committed), nothing for task 1 (not).
+        let k0: BTreeMap<_, _> = [("in".to_string(), (Some(5), Some(1)))].into();
+        let k1: BTreeMap<_, _> = [("in".to_string(), (None, None))].into();
+        assert_eq!(
+            m.recover(0, &k0).unwrap(),
+            RecoveryOutcome::InStep {
+                rolled_forward: true
+            }
+        );
+        assert_eq!(m.access(0).get("s", b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(m.recover(1, &k1).unwrap(), RecoveryOutcome::Fresh);
+        assert_eq!(m.access(1).get("s", b"k").unwrap(), None);
+        // R < K: behind; R > K: a clear error.
+        let later: BTreeMap<_, _> = [("in".to_string(), (Some(8), Some(4)))].into();
+        assert!(matches!(
+            m.recover(0, &later).unwrap(),
+            RecoveryOutcome::Behind { .. }
+        ));
+        let earlier: BTreeMap<_, _> = [("in".to_string(), (Some(2), Some(1)))].into();
+        let err = m.recover(0, &earlier).unwrap_err().to_string();
+        assert!(
+            err.contains("in/0: local 5 vs committed 2") && err.contains("--reset-state"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,274 @@
+//! State that recovers in step with offsets: the `totals` example (RocksDB + changelog) under
+//! SIGKILL, a crash at every step of the two-phase commit, lost and moved state directories,
+//! and offsets rewound behind weir's back.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rand::Rng;
+use weir_testkit::{
+    example_bin, shared, unique, verify_totals, ChildProcess, Isolation, Kafka, TestRecord,
+};
+
+/// `n` records over `keys` accounts; account k always goes to partition k % partitions.
+fn payments(n: usize, keys: usize, partitions: i32, seed: u64) -> Vec<TestRecord> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            // Every key at least once, then at random.
+            let k = if i < keys {
+                i
+            } else {
+                rng.random_range(0..keys)
+            };
+            let v: i64 = rng.random_range(-1_000_000..1_000_000);
+            TestRecord::new(
+                (k % partitions as usize) as i32,
+                format!("acct-{k}"),
+                v.to_string(),
+            )
+        })
+        .collect()
+}
+
+struct Totals<'a> {
+    kafka: &'a Kafka,
+    app: String,
+    input: String,
+    output: String,
+    dead_letters: Option<String>,
+}
+
+impl Totals<'_> {
+    fn new(kafka: &Kafka, partitions: i32) -> Totals<'_> {
+        let t = Totals {
+            kafka,
+            app: unique("totals"),
+            input: unique("pay"),
+            output: unique("tot"),
+            dead_letters: None,
+        };
+        kafka.create_topic(&t.input, partitions);
+        kafka.create_topic(&t.output, partitions);
+        t
+    }
+
+    fn start(&self, state: &Path, failpoint: Option<&str>) -> ChildProcess {
+        let log =
+            std::fs::File::create(state.with_extension(format!("{}.log", unique("run")))).unwrap();
+        let mut cmd = Command::new(example_bin("totals"));
+        cmd.args([
+            "--bootstrap-servers",
+            self.kafka.bootstrap_servers(),
+            "--application-id",
+            &self.app,
+        ])
+        .args(["--input-topic", &self.input, "--output-topic", &self.output])
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--commit-interval-ms", "200"])
+        .args(
+            self.dead_letters
+                .iter()
+                .flat_map(|d| ["--dead-letter-topic", d.as_str()]),
+        )
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+        if let Some(f) = failpoint {
+            cmd.env("WEIR_FAILPOINT", f);
+        }
+        ChildProcess::spawn("totals", cmd)
+    }
+
+    fn wait_done(&self, per_partition_end: &std::collections::BTreeMap<i32, i64>) {
+        wait_for(
+            "the group's offsets to reach the end of the input",
+            Duration::from_secs(120),
+            || {
+                let c = self.kafka.committed_offsets(&self.app, &self.input);
+                per_partition_end
+                    .iter()
+                    .all(|(p, end)| c.get(p).copied().flatten() == Some(*end))
+            },
+        );
+    }
+
+    fn ends(&self) -> std::collections::BTreeMap<i32, i64> {
+        self.kafka
+            .end_offsets(&self.input, Isolation::ReadCommitted)
+    }
+
+    fn verify(&self) {
+        let input = self
+            .kafka
+            .read_to_end(&self.input, Isolation::ReadCommitted);
+        let output = self
+            .kafka
+            .read_to_end(&self.output, Isolation::ReadCommitted);
+        let report = verify_totals(&input, &output);
+        assert!(report.is_exactly_once(), "{report}");
+        let changelog = format!("{}-totals-changelog", self.app);
+        for topic in [&self.output, &changelog] {
+            assert_eq!(
+                self.kafka.open_transactions(topic),
+                vec![],
+                "a transaction was left open on {topic}"
+            );
+        }
+    }
+}
+
+#[test]
+fn totals_is_exactly_once_across_sigkills() {
+    let kafka = shared();
+    let t = Totals::new(kafka, 3);
+    let records = payments(60_000, 24_000, 3, 7);
+    let state = state_dir();
+    kafka.produce(&t.input, records[..10_000].to_vec());
+    let producer = {
+        let (input, rest) = (t.input.clone(), records[10_000..].to_vec());
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(5_000) {
+                shared().produce(&input, chunk.to_vec());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let mut rng = rand::rng();
+    let mut totals = t.start(&state, None);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(1_000..3_000)));
+        totals.kill();
+        totals = t.start(&state, None);
+    }
+    producer.join().unwrap();
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+    t.verify();
+}
+
+#[test]
+fn a_crash_at_every_step_of_the_commit_cycle_recovers_in_step() {
+    let kafka = shared();
+    for failpoint in [
+        "after_produce",
+        "after_send_offsets",
+        "after_prepare",
+        "after_commit_transaction",
+        "after_apply",
+    ] {
+        let t = Totals::new(kafka, 2);
+        let state = state_dir();
+        let records = payments(20_000, 300, 2, 11);
+        kafka.produce(&t.input, records[..500].to_vec());
+        // Crash on the third commit: input keeps arriving until the process dies.
+        let mut crashing = t.start(&state, Some(&format!("{failpoint}:3")));
+        let mut sent = 500;
+        while crashing.is_running() && sent < records.len() {
+            kafka.produce(&t.input, records[sent..sent + 250].to_vec());
+            sent += 250;
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let status = crashing.wait(Duration::from_secs(60));
+        assert!(
+            !status.success(),
+            "{failpoint}: the failpoint did not crash the process ({status})"
+        );
+        kafka.produce(
+            &t.input,
+            records[sent..(sent + 1_000).min(records.len())].to_vec(),
+        );
+        let totals = t.start(&state, None);
+        t.wait_done(&t.ends());
+        assert!(
+            totals.terminate(Duration::from_secs(30)).success(),
+            "{failpoint}"
+        );
+        t.verify();
+        eprintln!("{failpoint}: crashed, restarted, aggregates exact");
+    }
+}
+
+#[test]
+fn state_is_restored_from_the_changelog_when_the_directory_is_lost_or_the_task_moves() {
+    let kafka = shared();
+    let mut t = Totals::new(kafka, 3);
+    let dlq = unique("tot-dlq");
+    kafka.create_topic(&dlq, 1);
+    t.dead_letters = Some(dlq.clone());
+    let mut records = payments(12_000, 2_000, 3, 23);
+    // Poison: values that do not parse go to the dead-letter topic and leave the aggregates alone.
+    for i in (0..12_000).step_by(1_000) {
+        records[i].value = Some(b"not a number".to_vec());
+    }
+    let (first, second) = (state_dir(), state_dir());
+
+    // Run 1 on directory A.
+    kafka.produce(&t.input, records[..4_000].to_vec());
+    let totals = t.start(&first, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+
+    // Run 2: a new instance on a fresh directory B takes the tasks over (restore).
+    kafka.produce(&t.input, records[4_000..8_000].to_vec());
+    let totals = t.start(&second, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+
+    // Run 3: directory A is deleted; the instance starts from nothing (restore again).
+    std::fs::remove_dir_all(&first).unwrap();
+    kafka.produce(&t.input, records[8_000..].to_vec());
+    let totals = t.start(&first, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+    t.verify();
+    let dead = kafka.read_to_end(&dlq, Isolation::ReadCommitted);
+    assert_eq!(dead.len(), 12, "every poison value dead-lettered once");
+    assert!(dead.iter().all(|d| d.value_text() == "not a number"));
+}
+
+#[test]
+fn offsets_rewound_behind_weirs_back_are_refused() {
+    let kafka = shared();
+    let t = Totals::new(kafka, 2);
+    let state = state_dir();
+    kafka.produce(&t.input, payments(1_000, 100, 2, 5));
+    let totals = t.start(&state, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+
+    kafka.set_committed_offsets(&t.app, &t.input, &[(0, 10), (1, 0)]);
+    let out = Command::new(example_bin("totals"))
+        .args([
+            "--bootstrap-servers",
+            kafka.bootstrap_servers(),
+            "--application-id",
+            &t.app,
+        ])
+        .args(["--input-topic", &t.input, "--output-topic", &t.output])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must refuse to run: {stderr}");
+    assert!(
+        stderr.contains("local state is ahead of the committed offsets"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}/0: local", t.input)),
+        "names the partition: {stderr}"
+    );
+    assert!(
+        stderr.contains("--reset-state"),
+        "says the way out: {stderr}"
+    );
+}
