@@ -13,7 +13,8 @@
 //! ```text
 //! cargo build --release --examples && target/release/examples/restart_time
 //! ```
-//! It uses the `totals` binary next to it. Results are in `docs/benchmarks.md`.
+//! It also prints the load rate (`totals` throughput under exactly_once, one record per key,
+//! start-up included). It uses the `totals` binary next to it. Results are in `docs/benchmarks.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,7 +84,7 @@ fn measure(
     keys: usize,
     local_only: bool,
     lose_dir: bool,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Duration)> {
     let run = Run {
         kafka,
         app: unique("restart"),
@@ -98,6 +99,7 @@ fn measure(
         &run.input,
         (0..keys).map(|k| TestRecord::new((k % 3) as i32, format!("acct-{k}"), "1")),
     );
+    let loading = Instant::now();
     let child = run.start();
     let deadline = Instant::now() + Duration::from_secs(1800);
     while !run.committed_to_end() {
@@ -107,6 +109,7 @@ fn measure(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    let load = loading.elapsed();
     child.kill(); // SIGKILL
     if lose_dir {
         std::fs::remove_dir_all(&run.state)?;
@@ -132,7 +135,7 @@ fn measure(
     let took = started.elapsed();
     child.kill(); // SIGKILL
     let _ = std::fs::remove_dir_all(Path::new(&run.state));
-    Ok(took)
+    Ok((load, took))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,19 +151,23 @@ fn main() -> anyhow::Result<()> {
         }
     };
     println!("restart after SIGKILL → first committed output (3 partitions, one record per key)");
+    println!("(load: the first run over one record per key, start-up included, exactly_once)");
     println!(
-        "{:>10}  {:>12}  {:>12}  {:>14}",
-        "keys", "changelog", "local-only", "dir lost"
+        "{:>10}  {:>12}  {:>12}  {:>14}  {:>18}  {:>18}",
+        "keys", "changelog", "local-only", "dir lost", "load (changelog)", "load (local-only)"
     );
     for &keys in &args.keys {
-        let changelog = measure(&kafka, keys, false, false)?;
-        let local = measure(&kafka, keys, true, false)?;
-        let lost = measure(&kafka, keys, false, true)?;
+        let (load, changelog) = measure(&kafka, keys, false, false)?;
+        let (load_local, local) = measure(&kafka, keys, true, false)?;
+        let (_, lost) = measure(&kafka, keys, false, true)?;
+        let rate = |d: Duration| keys as f64 / d.as_secs_f64();
         println!(
-            "{keys:>10}  {:>10.2} s  {:>10.2} s  {:>12.2} s",
+            "{keys:>10}  {:>10.2} s  {:>10.2} s  {:>12.2} s  {:>12.0} rec/s  {:>12.0} rec/s",
             changelog.as_secs_f64(),
             local.as_secs_f64(),
-            lost.as_secs_f64()
+            lost.as_secs_f64(),
+            rate(load),
+            rate(load_local)
         );
     }
     Ok(())

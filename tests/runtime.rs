@@ -651,3 +651,58 @@ fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exac
     assert!(report.is_exactly_once(), "{report}");
     assert!(kafka.open_transactions(&output).is_empty());
 }
+
+#[test]
+fn the_kip848_consumer_protocol_shares_partitions_and_stays_exactly_once() {
+    let kafka = shared();
+    let (input, output, app) = (unique("k848-in"), unique("k848-out"), unique("k848-app"));
+    kafka.create_topic(&input, 4);
+    kafka.create_topic(&output, 4);
+    let records = numbered(4, 2_000);
+    kafka.produce(&input, records[..4_000].to_vec());
+    let cfg = || {
+        config(kafka, &app, &input, &output)
+            .set("group.protocol", "consumer")
+            .build()
+            .unwrap()
+    };
+    let first = InProcess::start(cfg(), Mirror);
+    wait_for(
+        "the first instance to copy the first half",
+        Duration::from_secs(60),
+        || committed_count(kafka, &output) >= 4_000,
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = InProcess::start(cfg(), SignalAssigned(tx));
+    let got = loop {
+        let parts = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the broker assigns the second instance partitions");
+        if !parts.is_empty() {
+            break parts;
+        }
+    };
+    assert!(
+        got.len() < 4,
+        "the second instance took every partition: {got:?}"
+    );
+    kafka.produce(&input, records[4_000..].to_vec());
+    wait_for(
+        "the copy of the second half",
+        Duration::from_secs(60),
+        || committed_count(kafka, &output) >= 8_000,
+    );
+    let a = first.stop().expect("first stops cleanly");
+    let b = second.stop().expect("second stops cleanly");
+    assert_eq!(a.records_in + b.records_in, 8_000, "{a:?} {b:?}");
+    assert!(
+        b.records_in > 0,
+        "the broker gave the second instance partitions: {b:?}"
+    );
+    let report = verify_copy(
+        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_to_end(&output, Isolation::ReadCommitted),
+    );
+    assert!(report.is_exactly_once(), "{report}");
+    assert!(kafka.open_transactions(&output).is_empty());
+}

@@ -10,31 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use rand::Rng;
-use weir_testkit::{
-    example_bin, shared, unique, verify_totals, ChildProcess, Isolation, Kafka, TestRecord,
-};
-
-/// `n` records over `keys` accounts; account k always goes to partition k % partitions.
-fn payments(n: usize, keys: usize, partitions: i32, seed: u64) -> Vec<TestRecord> {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            // Every key at least once, then at random.
-            let k = if i < keys {
-                i
-            } else {
-                rng.random_range(0..keys)
-            };
-            let v: i64 = rng.random_range(-1_000_000..1_000_000);
-            TestRecord::new(
-                (k % partitions as usize) as i32,
-                format!("acct-{k}"),
-                v.to_string(),
-            )
-        })
-        .collect()
-}
+use weir_testkit::{example_bin, shared, unique, verify_totals, ChildProcess, Isolation, Kafka};
 
 struct Totals<'a> {
     kafka: &'a Kafka,

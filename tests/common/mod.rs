@@ -2,6 +2,8 @@
 //! conditions, generating uniquely identifiable input.
 #![allow(dead_code)]
 
+pub mod group;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,28 @@ pub fn numbered(partitions: i32, per_partition: usize) -> Vec<TestRecord> {
         .flat_map(|i| {
             (0..partitions)
                 .map(move |p| TestRecord::new(p, format!("k{p}-{i}"), format!("v{p}-{i}")))
+        })
+        .collect()
+}
+
+/// `n` records over `keys` accounts; account k always goes to partition k % partitions.
+pub fn payments(n: usize, keys: usize, partitions: i32, seed: u64) -> Vec<TestRecord> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            // Every key at least once, then at random.
+            let k = if i < keys {
+                i
+            } else {
+                rng.random_range(0..keys)
+            };
+            let v: i64 = rng.random_range(-1_000_000..1_000_000);
+            TestRecord::new(
+                (k % partitions as usize) as i32,
+                format!("acct-{k}"),
+                v.to_string(),
+            )
         })
         .collect()
 }

@@ -70,6 +70,19 @@ pub enum PoisonPolicy {
     DeadLetter,
 }
 
+/// How the consumer group assigns partitions to instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// The classic protocol with the cooperative-sticky assignor: incremental rebalances, the
+    /// members' session and heartbeat timeouts set on the client.
+    #[default]
+    Classic,
+    /// KIP-848's consumer protocol (Kafka 4.0+ brokers): the broker computes assignments and
+    /// owns the session and heartbeat timeouts (`group.consumer.*` broker settings).
+    Consumer,
+}
+
 /// A weir application's configuration. See `docs/configuration.md` for every key.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,13 +120,19 @@ pub struct Config {
 
     /// `transaction.timeout.ms`: the broker aborts a transaction left open this long. Must be
     /// above `commit.interval.ms` and within the broker's `transaction.max.timeout.ms`
-    /// (900000 by default). Default 60000.
+    /// (900000 by default). Default 10000, as Kafka Streams: when an instance dies with a
+    /// transaction open, the partitions' new owner waits up to this long for the broker to
+    /// abort it.
     #[serde(
         rename = "transaction.timeout.ms",
         default = "defaults::transaction_timeout",
         with = "millis"
     )]
     pub transaction_timeout: Duration,
+
+    /// `group.protocol`: `classic` (default; cooperative-sticky) or `consumer` (KIP-848).
+    #[serde(rename = "group.protocol", default)]
+    pub group_protocol: GroupProtocol,
 
     /// `auto.offset.reset`: `earliest` (default), `latest` or `none`.
     #[serde(rename = "auto.offset.reset", default)]
@@ -186,7 +205,7 @@ mod defaults {
         Duration::from_millis(100)
     }
     pub(super) fn transaction_timeout() -> Duration {
-        Duration::from_millis(60_000)
+        Duration::from_millis(10_000)
     }
     pub(super) fn max_batch_records() -> usize {
         5000
@@ -229,6 +248,15 @@ const MANAGED: &[(&str, &str)] = &[
     ("transactional.id", "it is `{application.id}-{instance.id}`"),
     ("enable.idempotence", "weir's producer is always idempotent"),
     ("transaction.timeout.ms", "set `transaction.timeout.ms`"),
+    ("group.protocol", "set `group.protocol`"),
+];
+
+/// Consumer properties the KIP-848 consumer protocol moves to the broker.
+const CLASSIC_ONLY: &[&str] = &[
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
 ];
 
 /// A configuration error: which key, what is wrong, and what to do.
@@ -420,7 +448,7 @@ impl Config {
                 format!(
                     "{} ms is not above commit.interval.ms ({} ms): a transaction stays open for a \
                      whole commit interval, so the broker would abort every one. Raise \
-                     transaction.timeout.ms (default 60000) or lower commit.interval.ms",
+                     transaction.timeout.ms (default 10000) or lower commit.interval.ms",
                     self.transaction_timeout.as_millis(),
                     self.commit_interval.as_millis()
                 ),
@@ -452,6 +480,19 @@ impl Config {
                     return Err(invalid(
                         &format!("{prefix}.{key}"),
                         format!("weir manages `{key}` itself: {why}"),
+                    ));
+                }
+                if self.group_protocol == GroupProtocol::Consumer
+                    && prefix != "producer"
+                    && CLASSIC_ONLY.contains(&key.as_str())
+                {
+                    return Err(invalid(
+                        &format!("{prefix}.{key}"),
+                        format!(
+                            "`{key}` belongs to the classic group protocol; with \
+                             group.protocol = consumer the broker sets it (group.consumer.* \
+                             broker settings). Remove it, or use group.protocol = classic"
+                        ),
                     ));
                 }
             }
@@ -613,6 +654,26 @@ mod tests {
         assert_eq!(c.commit_interval, Duration::from_millis(100));
         assert_eq!(c.auto_offset_reset, OffsetReset::Earliest);
         assert_eq!(c.poison_policy, PoisonPolicy::Fail);
+        assert_eq!(c.transaction_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.group_protocol, GroupProtocol::Classic);
+    }
+
+    #[test]
+    fn consumer_protocol_refuses_classic_only_properties() {
+        let c =
+            Config::from_toml_str(&format!("{MINIMAL}\ngroup.protocol = \"consumer\"")).unwrap();
+        assert_eq!(c.group_protocol, GroupProtocol::Consumer);
+        let err = Config::from_toml_str(&format!(
+            "{MINIMAL}\ngroup.protocol = \"consumer\"\n\"consumer.session.timeout.ms\" = \"6000\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`consumer.session.timeout.ms`"), "{err}");
+        assert!(err.contains("group.consumer"), "{err}");
+        let err = Config::from_toml_str(&format!("{MINIMAL}\ngroup.protocol = \"eager\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group.protocol"), "{err}");
     }
 
     #[test]

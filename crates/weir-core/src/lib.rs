@@ -12,7 +12,8 @@ pub mod record;
 pub mod state;
 
 pub use config::{
-    Config, ConfigBuilder, ConfigError, ConfigMap, Guarantee, OffsetReset, PoisonPolicy,
+    Config, ConfigBuilder, ConfigError, ConfigMap, GroupProtocol, Guarantee, OffsetReset,
+    PoisonPolicy,
 };
 pub use error::{BoxError, PoisonRecord, ProcessError};
 pub use processor::{

@@ -5,16 +5,25 @@
 //! already keeps out of the passthrough maps).
 
 use rdkafka::ClientConfig;
-use weir_core::{Config, Guarantee, OffsetReset};
+use weir_core::{Config, GroupProtocol, Guarantee, OffsetReset};
 
 /// The consumer: a member of group `application.id`, offsets committed only by weir, reading
-/// only committed records, with the cooperative-sticky assignor.
+/// only committed records, with the cooperative-sticky assignor (classic protocol) or the
+/// broker's assignor (KIP-848 `consumer` protocol).
 pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("fetch.wait.max.ms", "50")
+    match config.group_protocol {
+        GroupProtocol::Classic => {
+            c.set("group.protocol", "classic")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "2000");
+        }
+        GroupProtocol::Consumer => {
+            c.set("group.protocol", "consumer");
+        }
+    }
+    c.set("fetch.wait.max.ms", "50")
         .set("allow.auto.create.topics", "false");
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.consumer);

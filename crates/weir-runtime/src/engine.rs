@@ -803,6 +803,11 @@ impl Engine {
         &mut self,
         partitions: Vec<TopicPartition>,
     ) -> Result<Vec<AssignedPartition>, RuntimeError> {
+        if self.stateful && self.txn_open {
+            // A restore may take longer than the transaction timeout: commit the work of the
+            // partitions kept so far before it starts (an incremental assignment).
+            self.commit("assign").await?;
+        }
         let consumer = self.consumer();
         let group = self.config.application_id.clone();
         let policy = self.config.auto_offset_reset;

@@ -155,6 +155,14 @@ impl Kafka {
         &mut self.backend
     }
 
+    /// The local cluster, for broker fault injection; `None` on other backends.
+    pub fn local_mut(&mut self) -> Option<&mut LocalCluster> {
+        match &mut self.backend {
+            Backend::Local(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// A short name of the backend, for logs.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {

@@ -114,6 +114,23 @@ impl rdkafka::ClientContext for EofIsNormal {
 
 impl rdkafka::consumer::ConsumerContext for EofIsNormal {}
 
+fn read_record(m: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
+    ReadRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// A unique name for a topic, group or transactional id: `{prefix}-{random}`.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
@@ -229,20 +246,7 @@ impl Kafka {
                         pending.remove(&m.partition());
                     }
                     if m.offset() < ends[&m.partition()] {
-                        out.push(ReadRecord {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().map(<[u8]>::to_vec),
-                            headers: m
-                                .headers()
-                                .map(|hs| {
-                                    hs.iter()
-                                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                        });
+                        out.push(read_record(&m));
                     }
                 }
             }
@@ -287,5 +291,128 @@ impl Kafka {
             .filter(|(p, lso)| uncommitted.get(p) != Some(lso))
             .map(|(p, lso)| (*p, *lso, uncommitted[p]))
             .collect()
+    }
+
+    /// Starts a `read_committed` reader of `topic` that runs *during* a test, from the beginning,
+    /// in a thread of its own; [`LiveReader::finish`] stops it once it has read to the end.
+    /// What it saw, compared with a final read, exposes aborted reads
+    /// ([`crate::Report::check_live_read`]).
+    pub fn live_reader(&self, topic: &str) -> LiveReader {
+        let partitions: Vec<i32> = self
+            .end_offsets(topic, Isolation::ReadCommitted)
+            .into_keys()
+            .collect();
+        let consumer: BaseConsumer<EofIsNormal> = base_config(self.bootstrap_servers())
+            .set("group.id", unique("weir-testkit-live"))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create_with_context(EofIsNormal)
+            .expect("live reader");
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let (ends_tx, ends_rx) = std::sync::mpsc::channel::<BTreeMap<i32, i64>>();
+        let name = topic.to_string();
+        let handle = std::thread::spawn(move || {
+            let mut out: Vec<ReadRecord> = Vec::new();
+            let mut next: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
+            let mut ends: Option<(BTreeMap<i32, i64>, Instant)> = None;
+            loop {
+                if ends.is_none() {
+                    if let Ok(e) = ends_rx.try_recv() {
+                        ends = Some((e, Instant::now() + Duration::from_secs(120)));
+                    }
+                }
+                if let Some((ends, deadline)) = &ends {
+                    if ends
+                        .iter()
+                        .all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end)
+                    {
+                        break;
+                    }
+                    // The position also moves past aborted records and transaction markers.
+                    if let Ok(pos) = consumer.position() {
+                        for e in pos.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                let n = next.entry(e.partition()).or_insert(0);
+                                *n = (*n).max(o);
+                            }
+                        }
+                    }
+                    assert!(
+                        Instant::now() < *deadline,
+                        "the live reader of {name} did not reach {ends:?} within 120 s (at {next:?})"
+                    );
+                }
+                match consumer.poll(Duration::from_millis(100)) {
+                    None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                    Some(Err(e)) => tracing::warn!(topic = %name, error = %e, "live reader"),
+                    Some(Ok(m)) => {
+                        next.insert(m.partition(), m.offset() + 1);
+                        out.push(read_record(&m));
+                    }
+                }
+            }
+            out
+        });
+        LiveReader {
+            topic: topic.to_string(),
+            ends: ends_tx,
+            handle,
+        }
+    }
+
+    /// The group's state (e.g. `Empty`, `Stable`, `Dead` for a group that never existed) and
+    /// its members' client ids.
+    pub fn group_members(&self, group: &str) -> (String, Vec<String>) {
+        let client: BaseConsumer = base_config(self.bootstrap_servers())
+            .create()
+            .expect("group client");
+        // The group coordinator may still be loading (a new group, a moved coordinator).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let list = loop {
+            match client.fetch_group_list(Some(group), Duration::from_secs(30)) {
+                Ok(list) => break list,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(group, error = %e, "describing the group; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("describing group {group}: {e}"),
+            }
+        };
+        list.groups()
+            .iter()
+            .find(|g| g.name() == group)
+            .map(|g| {
+                (
+                    g.state().to_string(),
+                    g.members()
+                        .iter()
+                        .map(|m| m.client_id().to_string())
+                        .collect(),
+                )
+            })
+            .unwrap_or_else(|| ("Dead".to_string(), Vec::new()))
+    }
+}
+
+/// A `read_committed` reader running during a test: see [`Kafka::live_reader`].
+#[derive(Debug)]
+pub struct LiveReader {
+    topic: String,
+    ends: std::sync::mpsc::Sender<BTreeMap<i32, i64>>,
+    handle: std::thread::JoinHandle<Vec<ReadRecord>>,
+}
+
+impl LiveReader {
+    /// Reads on to the topic's current `read_committed` end, stops, and returns everything it
+    /// saw in the order it saw it.
+    pub fn finish(self, kafka: &Kafka) -> Vec<ReadRecord> {
+        let ends = kafka.end_offsets(&self.topic, Isolation::ReadCommitted);
+        let _ = self.ends.send(ends);
+        self.handle.join().expect("the live reader panicked")
     }
 }

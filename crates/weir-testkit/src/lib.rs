@@ -23,7 +23,7 @@ pub mod verify;
 use std::sync::OnceLock;
 
 pub use cluster::{Backend, Kafka, StartError};
-pub use io::{unique, Isolation, ReadRecord, TestRecord};
+pub use io::{unique, Isolation, LiveReader, ReadRecord, TestRecord};
 pub use process::{example_bin, ChildProcess};
 pub use verify::{verify_copy, verify_totals, Report};
 pub use weir_kafka::admin::TopicSpec;

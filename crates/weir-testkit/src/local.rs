@@ -219,13 +219,60 @@ impl LocalCluster {
         self.signal(index, libc::SIGTERM);
     }
 
-    /// Starts node `index` again (after [`kill`](Self::kill) or [`stop`](Self::stop)) and waits
-    /// until every node answers.
+    /// Starts node `index` again (after [`kill`](Self::kill) or [`stop`](Self::stop)), waits
+    /// until every node answers, then until no partition is under-replicated
+    /// ([`wait_in_sync`](Self::wait_in_sync)).
     pub fn restart(&mut self, index: usize) -> Result<(), StartError> {
         if self.nodes[index].process.is_none() {
             self.spawn(index)?;
         }
-        self.wait_ready(self.nodes.len(), Duration::from_secs(90))
+        self.wait_ready(self.nodes.len(), Duration::from_secs(90))?;
+        self.wait_in_sync(Duration::from_secs(120))
+    }
+
+    /// Whether node `index` runs.
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].process.is_some()
+    }
+
+    /// Waits until every partition of every topic (internal ones included) has its full
+    /// replica set in sync — no under-replicated partitions left.
+    pub fn wait_in_sync(&self, timeout: Duration) -> Result<(), StartError> {
+        use rdkafka::consumer::Consumer;
+        let client: rdkafka::consumer::BaseConsumer =
+            weir_kafka::clients::base_config(&self.bootstrap_servers())
+                .set("log_level", "3")
+                .create()
+                .map_err(|e| StartError::Local {
+                    what: "creating a client".into(),
+                    detail: e.to_string(),
+                })?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lagging: Vec<String> = match client.fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(md) => md
+                    .topics()
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions()
+                            .iter()
+                            .filter(|p| p.isr().len() < p.replicas().len())
+                            .map(move |p| format!("{}-{}", t.name(), p.id()))
+                    })
+                    .collect(),
+                Err(e) => vec![format!("metadata: {e}")],
+            };
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StartError::Local {
+                    what: format!("partitions still under-replicated after {timeout:?}"),
+                    detail: lagging.join(", "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn signal(&mut self, index: usize, signal: i32) {

@@ -64,6 +64,17 @@ impl ChildProcess {
         }
     }
 
+    /// Freezes it (SIGSTOP): it neither polls nor heartbeats, as in a long GC pause or a VM
+    /// stall, until [`resume`](Self::resume).
+    pub fn suspend(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a [`suspend`](Self::suspend)ed process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// Asks it to stop (SIGTERM) and waits up to `timeout` for its exit status.
     pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
         self.signal(libc::SIGTERM);

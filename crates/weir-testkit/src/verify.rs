@@ -2,8 +2,10 @@
 //!
 //! Input records are identified by `(key, value)`, which test generators keep unique. The
 //! verifier compares the input topic with the output topic, partition by partition, and names
-//! every anomaly: duplicated records, lost records, records in the wrong partition, and
-//! partitions whose order differs from the input's.
+//! every anomaly by class: duplicated records, lost records, records in the wrong partition,
+//! partitions whose order differs from the input's, wrong aggregates (`totals`), and aborted
+//! reads — records a `read_committed` reader saw *during* a run that the final committed log
+//! does not hold at that position ([`Report::check_live_read`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,6 +48,11 @@ pub struct Report {
     pub reordered: Vec<String>,
     /// Outputs whose content is wrong (a `totals` aggregate that does not match the input).
     pub wrong: Vec<String>,
+    /// Records a `read_committed` reader saw during the run that are not in the committed log
+    /// at that position: records of aborted (or never committed) transactions.
+    pub aborted_reads: Vec<String>,
+    /// How many records the live reader saw (0 when there was none).
+    pub live: usize,
 }
 
 impl Report {
@@ -58,6 +65,32 @@ impl Report {
             && self.misplaced.is_empty()
             && self.reordered.is_empty()
             && self.wrong.is_empty()
+            && self.aborted_reads.is_empty()
+    }
+
+    /// Compares what a `read_committed` reader saw during the run (`live`) with the final
+    /// `read_committed` read of the same topic (`committed`): every record seen live must be
+    /// in the committed log at the same partition and offset, with the same key and value.
+    /// Anything else was read from a transaction that did not commit.
+    pub fn check_live_read(&mut self, live: &[ReadRecord], committed: &[ReadRecord]) {
+        let at: HashMap<(i32, i64), &ReadRecord> = committed
+            .iter()
+            .map(|r| ((r.partition, r.offset), r))
+            .collect();
+        self.live = live.len();
+        for r in live {
+            match at.get(&(r.partition, r.offset)) {
+                Some(c) if id(c) == id(r) => {}
+                Some(c) => self.aborted_reads.push(format!(
+                    "{} seen live, but the committed log has {} there",
+                    show(r),
+                    show(c)
+                )),
+                None => self
+                    .aborted_reads
+                    .push(format!("{} seen live, not in the committed log", show(r))),
+            }
+        }
     }
 }
 
@@ -65,15 +98,17 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} input records, {} output records: {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered, {} wrong",
+            "{} input records, {} output records ({} read live): {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered, {} wrong, {} aborted reads",
             self.input,
             self.output,
+            self.live,
             self.duplicated.len(),
             self.lost.len(),
             self.unexpected.len(),
             self.misplaced.len(),
             self.reordered.len(),
-            self.wrong.len()
+            self.wrong.len(),
+            self.aborted_reads.len()
         )?;
         for (name, list) in [
             ("duplicated", &self.duplicated),
@@ -82,6 +117,7 @@ impl fmt::Display for Report {
             ("misplaced", &self.misplaced),
             ("reordered", &self.reordered),
             ("wrong", &self.wrong),
+            ("aborted read", &self.aborted_reads),
         ] {
             for item in list.iter().take(20) {
                 writeln!(f, "  {name}: {item}")?;
@@ -337,6 +373,22 @@ mod tests {
         assert_eq!(r.duplicated.len(), 1, "{r}");
         assert_eq!(r.wrong.len(), 1, "{r}");
         assert!(r.lost.is_empty(), "{r}");
+    }
+
+    #[test]
+    fn live_reads_of_aborted_records_are_named() {
+        let committed = vec![rec(0, 0, "a"), rec(0, 3, "b")];
+        let mut r = verify_copy(&[rec(0, 0, "a"), rec(0, 1, "b")], &committed);
+        r.check_live_read(&[rec(0, 0, "a"), rec(0, 3, "b")], &committed);
+        assert!(r.is_exactly_once(), "{r}");
+        // Offset 1 held "b" in an aborted transaction; offset 3 was later rewritten.
+        r.check_live_read(
+            &[rec(0, 0, "a"), rec(0, 1, "b"), rec(0, 3, "x")],
+            &committed,
+        );
+        assert_eq!(r.aborted_reads.len(), 2, "{r}");
+        assert!(!r.is_exactly_once());
+        assert!(r.to_string().contains("aborted read: k=b (p0@1)"), "{r}");
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! Several instances of one example application as child processes — one consumer group —
+//! with the checks every scale-out and fault scenario ends with.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use weir_testkit::{
+    example_bin, unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka, LiveReader,
+    Report, TestRecord,
+};
+
+use super::{state_dir, wait_for};
+
+/// Which verifier checks the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `mirror`: the output is the input, once each, in input order per partition.
+    Copy,
+    /// `totals`: one output per input holding the running aggregate.
+    Totals,
+}
+
+/// One application (`example`) run by several instances, each with a state directory of its
+/// own that survives restarts (so a restarted instance keeps its instance and transactional id).
+pub struct AppGroup {
+    pub bootstrap: String,
+    pub example: &'static str,
+    pub app: String,
+    pub input: String,
+    pub output: String,
+    pub dirs: Vec<PathBuf>,
+    /// `--set KEY=VALUE` for every instance.
+    pub settings: Vec<String>,
+    pub commit_interval_ms: u64,
+    runs: usize,
+}
+
+impl AppGroup {
+    /// Creates the input and output topics (`partitions` each) and `instances` state dirs.
+    pub fn new(kafka: &Kafka, example: &'static str, partitions: i32, instances: usize) -> Self {
+        let g = Self {
+            bootstrap: kafka.bootstrap_servers().to_string(),
+            example,
+            app: unique(example),
+            input: unique(&format!("{example}-in")),
+            output: unique(&format!("{example}-out")),
+            dirs: (0..instances).map(|_| state_dir()).collect(),
+            // Fail-over after a SIGKILL waits for the session timeout: keep it at the broker's
+            // minimum so the scenarios stay short.
+            settings: vec!["consumer.session.timeout.ms=6000".into()],
+            commit_interval_ms: 100,
+            runs: 0,
+        };
+        kafka.create_topic(&g.input, partitions);
+        kafka.create_topic(&g.output, partitions);
+        g
+    }
+
+    /// Starts instance `i` (its log goes next to its state directory).
+    pub fn start(&mut self, i: usize) -> ChildProcess {
+        self.runs += 1;
+        let log = std::fs::File::create(
+            self.dirs[i].with_extension(format!("i{i}.run{}.log", self.runs)),
+        )
+        .expect("log file");
+        let mut cmd = Command::new(example_bin(self.example));
+        cmd.args(["--bootstrap-servers", &self.bootstrap])
+            .args(["--application-id", &self.app])
+            .args(["--input-topic", &self.input, "--output-topic", &self.output])
+            .arg("--state-dir")
+            .arg(&self.dirs[i])
+            .args(["--commit-interval-ms", &self.commit_interval_ms.to_string()])
+            .args(self.settings.iter().flat_map(|s| ["--set", s.as_str()]))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        ChildProcess::spawn(&format!("{} instance {i}", self.example), cmd)
+    }
+
+    /// The log files of instance `i`, oldest run first.
+    pub fn logs(&self, i: usize) -> Vec<PathBuf> {
+        let stem = self.dirs[i]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dirs[i].parent().unwrap())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with(&format!("{stem}.i{i}.run")) && name.ends_with(".log")
+            })
+            .collect();
+        logs.sort();
+        logs
+    }
+
+    /// Input records the group has committed, over all partitions.
+    pub fn progress(&self, kafka: &Kafka) -> i64 {
+        kafka
+            .committed_offsets(&self.app, &self.input)
+            .values()
+            .map(|o| o.unwrap_or(0))
+            .sum()
+    }
+
+    /// Waits until the group has committed at least `target` input records.
+    pub fn wait_progress(&self, kafka: &Kafka, target: i64, timeout: Duration) {
+        wait_for(
+            &format!("{} to commit {target} input records", self.app),
+            timeout,
+            || self.progress(kafka) >= target,
+        );
+    }
+
+    /// Waits until the committed offsets reach the end of the input on every partition.
+    pub fn wait_done(&self, kafka: &Kafka, timeout: Duration) {
+        let ends = kafka.end_offsets(&self.input, Isolation::ReadCommitted);
+        wait_for(
+            &format!("{} to reach the end of its input {ends:?}", self.app),
+            timeout,
+            || {
+                let c = kafka.committed_offsets(&self.app, &self.input);
+                ends.iter()
+                    .all(|(p, end)| c.get(p).copied().flatten() == Some(*end))
+            },
+        );
+    }
+
+    /// The checks every scenario ends with, after every instance has stopped: the output
+    /// verified record by record (with what `live` saw during the run), no transaction left
+    /// open on the output or a changelog, and the consumer group empty. Returns the report.
+    pub fn verify(&self, kafka: &Kafka, check: Check, live: LiveReader) -> Report {
+        let live = live.finish(kafka);
+        let input = kafka.read_to_end(&self.input, Isolation::ReadCommitted);
+        let output = kafka.read_to_end(&self.output, Isolation::ReadCommitted);
+        let mut report = match check {
+            Check::Copy => verify_copy(&input, &output),
+            Check::Totals => verify_totals(&input, &output),
+        };
+        report.check_live_read(&live, &output);
+        assert!(report.is_exactly_once(), "{report}");
+        assert!(
+            report.live == output.len(),
+            "the live reader saw {} records, the final read {}",
+            report.live,
+            output.len()
+        );
+        let mut topics = vec![self.output.clone()];
+        if check == Check::Totals {
+            topics.push(format!("{}-totals-changelog", self.app));
+        }
+        for topic in &topics {
+            assert_eq!(
+                kafka.open_transactions(topic),
+                vec![],
+                "a transaction was left open on {topic}"
+            );
+        }
+        wait_for(
+            &format!("consumer group {} to be empty", self.app),
+            Duration::from_secs(30),
+            || {
+                let (state, members) = kafka.group_members(&self.app);
+                state == "Empty" && members.is_empty()
+            },
+        );
+        report
+    }
+}
+
+/// Produces `records` to `topic` from a thread, `chunk` at a time with `pause` between chunks:
+/// input keeps arriving while instances (or brokers) fail.
+pub fn feed(
+    bootstrap: &str,
+    topic: &str,
+    records: Vec<TestRecord>,
+    chunk: usize,
+    pause: Duration,
+) -> JoinHandle<()> {
+    let kafka = Kafka::start_with_bootstrap(bootstrap);
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        for c in records.chunks(chunk) {
+            kafka.produce(&topic, c.to_vec());
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// Seconds since `t`, for the scenario summaries.
+pub fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
