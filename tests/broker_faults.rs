@@ -35,13 +35,16 @@ fn copier_is_exactly_once_through_broker_bounces() {
         let t = Instant::now();
         let cluster = kafka.local_mut().expect("a local cluster");
         cluster.kill(broker);
-        std::thread::sleep(Duration::from_secs(3));
+        let gone = cluster
+            .wait_gone(broker, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
         cluster
             .restart(broker)
             .unwrap_or_else(|e| panic!("restarting broker {broker}: {e}"));
         bounces.push(format!(
-            "broker {} back in sync after {:.1} s",
+            "broker {}: fenced by the controller after {:.1} s, back and in sync after {:.1} s",
             broker + 1,
+            gone.as_secs_f64(),
             secs(t)
         ));
         for (i, p) in instances.iter_mut().enumerate() {

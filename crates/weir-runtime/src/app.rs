@@ -19,17 +19,13 @@ use std::time::Duration;
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer;
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 use weir_core::{AppInfo, Config, Guarantee, Processor};
 use weir_kafka::admin::Admin;
-use weir_kafka::clients::{consumer_config, producer_config};
-use weir_kafka::errors::{classify, TxnErrorClass};
+use weir_kafka::clients::consumer_config;
 
-use crate::engine::{
-    blocking, DeliveryContext, DeliveryState, Engine, WeirConsumer, WeirProducer, CALL_TIMEOUT,
-};
+use crate::engine::{blocking, new_producer, DeliveryState, Engine, WeirConsumer};
 use crate::rebalance::RebalanceHandler;
 use crate::{instance, poll, telemetry, RuntimeError};
 
@@ -142,16 +138,7 @@ impl App {
             delivery.track_changelogs(topics);
             Some(state)
         };
-        let producer: WeirProducer = producer_config(&config, &instance_id)
-            .create_with_context(DeliveryContext(Arc::clone(&delivery)))
-            .map_err(|source| RuntimeError::Kafka {
-                during: "creating the producer".into(),
-                source: source.into(),
-            })?;
-        let producer = Arc::new(producer);
-        if exactly_once {
-            init_transactions(&producer, &transactional_id).await?;
-        }
+        let producer = new_producer(&config, &instance_id, &transactional_id, &delivery).await?;
         telemetry::started(
             &config.application_id,
             &instance_id,
@@ -161,9 +148,10 @@ impl App {
 
         let engine = Arc::new(Mutex::new(Engine::new(
             Arc::clone(&config),
+            instance_id.clone(),
             transactional_id,
             processor,
-            Arc::clone(&producer),
+            producer,
             delivery,
             state,
         )));
@@ -222,11 +210,10 @@ impl App {
         };
         let summary = engine.lock().await.totals.clone();
         // Closing the clients blocks (leave group, flush, destroy); do it off the async
-        // workers. The engine holds the producer's last reference.
+        // workers. The engine holds the producer.
         blocking(move || {
             drop(consumer);
             drop(engine);
-            drop(producer);
         })
         .await;
         result.map(|()| summary)
@@ -272,42 +259,6 @@ async fn open_state(
     .await
 }
 
-/// Fences any earlier producer with this transactional id and aborts its open transaction
-/// (DESIGN.md, "Recovery": this comes before anything reads committed offsets).
-async fn init_transactions(
-    producer: &Arc<WeirProducer>,
-    transactional_id: &str,
-) -> Result<(), RuntimeError> {
-    let mut attempt = 0;
-    loop {
-        let p = Arc::clone(producer);
-        match blocking(move || p.init_transactions(CALL_TIMEOUT)).await {
-            Ok(()) => return Ok(()),
-            Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 5 => {
-                attempt += 1;
-                telemetry::retrying(
-                    "init_transactions",
-                    &e.to_string(),
-                    attempt,
-                    Duration::from_secs(1),
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(source) => {
-                return Err(RuntimeError::Kafka {
-                    during: format!(
-                        "init_transactions for transactional id {transactional_id:?} (is the \
-                         broker's transaction coordinator available? it needs \
-                         transaction.state.log.replication.factor and min.isr no larger than the \
-                         number of brokers)"
-                    ),
-                    source: source.into(),
-                })
-            }
-        }
-    }
-}
-
 async fn main_loop(
     config: &Config,
     engine: &Arc<Mutex<Engine>>,
@@ -321,22 +272,37 @@ async fn main_loop(
         let polled = blocking(move || poll::poll_batch(&c, max, wait)).await;
 
         let mut engine = engine.lock().await;
-        if let Some(e) = engine.failure.take() {
-            return Err(e);
-        }
-        if let Some(e) = polled.error {
-            poll_error(e)?;
-        }
-        engine.process(polled.records).await?;
-        if engine.commit_due() {
-            engine.commit("interval").await?;
-        }
-        if let Some(e) = engine.failure.take() {
-            return Err(e);
+        if let Err(e) = step(&mut engine, polled).await {
+            if !engine.producer_failed() {
+                return Err(e);
+            }
+            // The producer is unusable (fenced, or a fatal transactional error such as a
+            // transaction the broker timed out during a broker failure): a new one with the
+            // same transactional id, and every task resumed from the committed offsets.
+            engine.replace_producer(e).await?;
         }
         if shutdown.as_mut().now_or_never().is_some() {
             return Ok(());
         }
+    }
+}
+
+/// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, the
+/// batch, and the commit when it is due.
+async fn step(engine: &mut Engine, polled: poll::Polled) -> Result<(), RuntimeError> {
+    if let Some(e) = engine.failure.take() {
+        return Err(e);
+    }
+    if let Some(e) = polled.error {
+        poll_error(e)?;
+    }
+    engine.process(polled.records).await?;
+    if engine.commit_due() {
+        engine.commit("interval").await?;
+    }
+    match engine.failure.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 

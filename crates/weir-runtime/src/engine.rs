@@ -49,6 +49,7 @@ use weir_core::{
     PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom, StoreSpec,
     TopicPartition,
 };
+use weir_kafka::clients::producer_config;
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
 use crate::rebalance::RebalanceHandler;
@@ -100,6 +101,63 @@ impl DeliveryState {
     }
 }
 
+/// Creates the producer (idempotent; transactional under exactly_once, with its transactions
+/// initialised).
+pub(crate) async fn new_producer(
+    config: &Config,
+    instance_id: &str,
+    transactional_id: &str,
+    delivery: &Arc<DeliveryState>,
+) -> Result<Arc<WeirProducer>, RuntimeError> {
+    let producer: WeirProducer = producer_config(config, instance_id)
+        .create_with_context(DeliveryContext(Arc::clone(delivery)))
+        .map_err(|source| RuntimeError::Kafka {
+            during: "creating the producer".into(),
+            source: source.into(),
+        })?;
+    let producer = Arc::new(producer);
+    if config.guarantee == Guarantee::ExactlyOnce {
+        init_transactions(&producer, transactional_id).await?;
+    }
+    Ok(producer)
+}
+
+/// Fences any earlier producer with this transactional id and aborts its open transaction
+/// (DESIGN.md, "Recovery": this comes before anything reads committed offsets).
+pub(crate) async fn init_transactions(
+    producer: &Arc<WeirProducer>,
+    transactional_id: &str,
+) -> Result<(), RuntimeError> {
+    let mut attempt = 0;
+    loop {
+        let p = Arc::clone(producer);
+        match blocking(move || p.init_transactions(CALL_TIMEOUT)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 5 => {
+                attempt += 1;
+                telemetry::retrying(
+                    "init_transactions",
+                    &e.to_string(),
+                    attempt,
+                    Duration::from_secs(1),
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(source) => {
+                return Err(RuntimeError::Kafka {
+                    during: format!(
+                        "init_transactions for transactional id {transactional_id:?} (is the \
+                         broker's transaction coordinator available? it needs \
+                         transaction.state.log.replication.factor and min.isr no larger than the \
+                         number of brokers)"
+                    ),
+                    source: source.into(),
+                })
+            }
+        }
+    }
+}
+
 /// Which topics are changelogs, and per changelog partition the highest offset delivered.
 #[derive(Debug, Default)]
 struct ChangelogTracker {
@@ -144,6 +202,7 @@ pub(crate) type WeirProducer = ThreadedProducer<DeliveryContext>;
 /// See the module documentation.
 pub(crate) struct Engine {
     pub(crate) config: Arc<Config>,
+    instance_id: String,
     pub(crate) transactional_id: String,
     processor: Box<dyn Processor>,
     producer: Arc<WeirProducer>,
@@ -179,6 +238,8 @@ pub(crate) struct Engine {
     pub(crate) stopped: bool,
     /// Totals for the run summary.
     pub(crate) totals: crate::RunSummary,
+    /// When the producer was last replaced (see `replace_producer`), for the budget.
+    producer_replacements: Vec<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -194,6 +255,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub(crate) fn new(
         config: Arc<Config>,
+        instance_id: String,
         transactional_id: String,
         processor: Box<dyn Processor>,
         producer: Arc<WeirProducer>,
@@ -207,6 +269,7 @@ impl Engine {
         };
         Self {
             config,
+            instance_id,
             transactional_id,
             processor,
             producer,
@@ -228,6 +291,7 @@ impl Engine {
             failure: None,
             stopped: false,
             totals: crate::RunSummary::default(),
+            producer_replacements: Vec::new(),
         }
     }
 
@@ -754,26 +818,7 @@ impl Engine {
             .filter_map(|tp| self.resume_at.get(tp).map(|o| (tp.clone(), *o)))
             .collect();
         self.rewinds.fetch_add(1, Ordering::SeqCst);
-        if targets.is_empty() {
-            return Ok(());
-        }
-        let consumer = self.consumer();
-        let rewound = blocking(move || -> Result<(), RuntimeError> {
-            let result = consumer
-                .seek_partitions(to_tpl(&targets), CALL_TIMEOUT)
-                .map_err(|source| kafka("seek to the committed offsets", source))?;
-            for e in result.elements() {
-                if let Err(source) = e.error() {
-                    return Err(kafka(
-                        &format!("seek {}/{}", e.topic(), e.partition()),
-                        source,
-                    ));
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match rewound {
+        match self.seek(targets).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.stop(e).await),
         }
@@ -808,10 +853,29 @@ impl Engine {
             // partitions kept so far before it starts (an incremental assignment).
             self.commit("assign").await?;
         }
+        let starts = self.resume(&partitions).await?;
+        self.assigned.extend(partitions);
+        telemetry::assigned(&starts);
+        if let Err(e) = self.processor.on_partitions_assigned(&starts).await {
+            return Err(RuntimeError::Operator {
+                during: "on_partitions_assigned",
+                message: e.to_string(),
+            });
+        }
+        Ok(starts)
+    }
+
+    /// Where each of `partitions` resumes: the group's committed offset (else
+    /// `auto.offset.reset`), with each task's state recovered to match it (DESIGN.md,
+    /// "Recovery") before the first record.
+    async fn resume(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<AssignedPartition>, RuntimeError> {
         let consumer = self.consumer();
         let group = self.config.application_id.clone();
         let policy = self.config.auto_offset_reset;
-        let parts = partitions.clone();
+        let parts = partitions.to_vec();
         let patience = self.config.transaction_timeout + Duration::from_secs(30);
         let (starts, seqs) =
             blocking(move || resolve_starts(&consumer, &group, &parts, policy, patience)).await?;
@@ -830,17 +894,113 @@ impl Engine {
                 self.recover_task(task, committed).await?;
             }
         }
-        self.assigned.extend(partitions);
         self.resume_at
             .extend(starts.iter().map(|s| (s.partition.clone(), s.start_offset)));
-        telemetry::assigned(&starts);
-        if let Err(e) = self.processor.on_partitions_assigned(&starts).await {
+        Ok(starts)
+    }
+
+    /// Whether the producer failed with a fatal error that a new producer heals: any fatal
+    /// error except fencing. A fenced producer means another producer took this transactional
+    /// id over; replacing it would fence that one in turn, so fencing stops the application.
+    pub(crate) fn producer_failed(&self) -> bool {
+        self.producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| {
+                !matches!(
+                    code,
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            })
+    }
+
+    /// Replaces a failed producer and resumes every assigned task from the group's committed
+    /// offsets, as after a fresh assignment: the open transaction's work is dropped (the
+    /// broker aborts it, or the new producer's `init_transactions` does), and each task's state
+    /// is recovered against the committed offsets before processing goes on.
+    ///
+    /// This heals a producer whose transaction the broker aborted behind its back — e.g. its
+    /// records timed out while a broker was down and the coordinator then refused to end the
+    /// transaction (`INVALID_TXN_STATE`, fatal in librdkafka). Fencing is not healed (see
+    /// [`producer_failed`](Self::producer_failed)). More than three replacements in ten minutes
+    /// stop the application with `cause`: something is persistently wrong.
+    pub(crate) async fn replace_producer(
+        &mut self,
+        cause: RuntimeError,
+    ) -> Result<(), RuntimeError> {
+        let now = Instant::now();
+        self.producer_replacements
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(600));
+        if self.producer_replacements.len() >= 3 {
+            tracing::error!(
+                replacements = self.producer_replacements.len(),
+                "the producer failed again after three replacements in ten minutes; stopping"
+            );
+            return Err(self.stop(cause).await);
+        }
+        self.producer_replacements.push(now);
+        tracing::warn!(error = %cause, transactional_id = %self.transactional_id,
+            "the producer failed; replacing it and resuming every task from the committed offsets");
+        telemetry::aborted("replacing the producer", &cause.to_string());
+        self.totals.aborts += 1;
+        // Drop the uncommitted work (the same as an abort, without the failed producer).
+        self.stop(cause).await;
+        self.txn_open = false;
+        self.outputs.clear();
+        self.pending_in = 0;
+        self.pending_out = 0;
+        self.delivery.reset();
+        if let Err(e) = self.processor.on_abort().await {
             return Err(RuntimeError::Operator {
-                during: "on_partitions_assigned",
+                during: "on_abort",
                 message: e.to_string(),
             });
         }
-        Ok(starts)
+        let producer = new_producer(
+            &self.config,
+            &self.instance_id,
+            &self.transactional_id,
+            &self.delivery,
+        )
+        .await?;
+        let old = std::mem::replace(&mut self.producer, producer);
+        blocking(move || drop(old)).await;
+        self.stopped = false;
+        let assigned: Vec<TopicPartition> = self.assigned.iter().cloned().collect();
+        let starts = self.resume(&assigned).await?;
+        let targets: Vec<(TopicPartition, i64)> = starts
+            .iter()
+            .map(|s| (s.partition.clone(), s.start_offset))
+            .collect();
+        self.rewinds.fetch_add(1, Ordering::SeqCst);
+        self.seek(targets).await?;
+        tracing::info!(partitions = assigned.len(), "new producer ready; resuming");
+        Ok(())
+    }
+
+    /// Seeks the consumer to `targets`.
+    async fn seek(&mut self, targets: Vec<(TopicPartition, i64)>) -> Result<(), RuntimeError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer();
+        blocking(move || -> Result<(), RuntimeError> {
+            let result = consumer
+                .seek_partitions(to_tpl(&targets), CALL_TIMEOUT)
+                .map_err(|source| kafka("seek to the committed offsets", source))?;
+            for e in result.elements() {
+                if let Err(source) = e.error() {
+                    return Err(kafka(
+                        &format!("seek {}/{}", e.topic(), e.partition()),
+                        source,
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Rebalance: partitions revoked (commit first) or lost (abort).

@@ -230,6 +230,37 @@ impl LocalCluster {
         self.wait_in_sync(Duration::from_secs(120))
     }
 
+    /// After [`kill`](Self::kill) or [`stop`](Self::stop): waits until the cluster has noticed —
+    /// node `index` is no longer in the metadata (the controller fenced it, after the brokers'
+    /// `broker.session.timeout.ms`) — and returns how long that took.
+    pub fn wait_gone(&self, index: usize, timeout: Duration) -> Result<Duration, StartError> {
+        use rdkafka::consumer::Consumer;
+        let started = Instant::now();
+        let id = self.nodes[index].id as i32;
+        let client: rdkafka::consumer::BaseConsumer =
+            weir_kafka::clients::base_config(&self.bootstrap_servers())
+                .set("log_level", "0")
+                .create()
+                .map_err(|e| StartError::Local {
+                    what: "creating a client".into(),
+                    detail: e.to_string(),
+                })?;
+        loop {
+            if let Ok(md) = client.fetch_metadata(None, Duration::from_secs(5)) {
+                if md.brokers().iter().all(|b| b.id() != id) {
+                    return Ok(started.elapsed());
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(StartError::Local {
+                    what: format!("node {id} was still in the metadata {timeout:?} after it died"),
+                    detail: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Whether node `index` runs.
     pub fn is_running(&self, index: usize) -> bool {
         self.nodes[index].process.is_some()
