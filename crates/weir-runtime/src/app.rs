@@ -340,7 +340,17 @@ async fn shut_down(
     engine: &Arc<Mutex<Engine>>,
     consumer: &Arc<WeirConsumer>,
 ) -> Result<(), RuntimeError> {
-    engine.lock().await.commit("shutdown").await?;
+    {
+        let mut engine = engine.lock().await;
+        if let Err(e) = engine.commit("shutdown").await {
+            if !engine.producer_failed() {
+                return Err(e);
+            }
+            // Nothing of the last transaction committed; the partitions' next owner processes
+            // its records again from the committed offsets. The stop itself is clean.
+            tracing::warn!(error = %e, "the last transaction could not commit while shutting down; its records are processed again by the next owner");
+        }
+    }
     leave_group(consumer).await;
     let mut engine = engine.lock().await;
     if let Some(e) = engine.failure.take() {

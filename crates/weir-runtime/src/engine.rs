@@ -64,6 +64,11 @@ pub(crate) type WeirConsumer = BaseConsumer<RebalanceHandler>;
 /// finish in this time is retried or aborted by class.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long weir waits for a transactional call that was given [`CALL_TIMEOUT`] before it
+/// declares the producer stuck: librdkafka can block past its own timeout (librdkafka#5456,
+/// #5511: `send_offsets_to_transaction` while a coordinator broker disappears).
+const WATCHDOG: Duration = Duration::from_secs(45);
+
 /// Runs a blocking client call on tokio's blocking pool, off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
@@ -240,6 +245,8 @@ pub(crate) struct Engine {
     pub(crate) totals: crate::RunSummary,
     /// When the producer was last replaced (see `replace_producer`), for the budget.
     producer_replacements: Vec<Instant>,
+    /// Set when a transactional call did not return within [`WATCHDOG`].
+    producer_stuck: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -292,6 +299,7 @@ impl Engine {
             stopped: false,
             totals: crate::RunSummary::default(),
             producer_replacements: Vec::new(),
+            producer_stuck: false,
         }
     }
 
@@ -675,6 +683,29 @@ impl Engine {
         Ok(Some(offsets))
     }
 
+    /// Runs a producer call on a blocking thread, giving up on it after [`WATCHDOG`]: then the
+    /// producer is marked stuck and `RuntimeError::Stuck` returned (the main loop replaces the
+    /// producer; the blocked thread keeps the old one alive until librdkafka lets go).
+    async fn watched<T: Send + 'static>(
+        &mut self,
+        during: &'static str,
+        call: impl FnOnce(&WeirProducer) -> T + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let producer = Arc::clone(&self.producer);
+        let handle = tokio::task::spawn_blocking(move || call(&producer));
+        match tokio::time::timeout(WATCHDOG, handle).await {
+            Ok(result) => Ok(result.expect("a blocking Kafka call panicked")),
+            Err(_) => {
+                self.producer_stuck = true;
+                let err = RuntimeError::Stuck {
+                    during: during.to_string(),
+                    waited: WATCHDOG,
+                };
+                Err(self.stop(err).await)
+            }
+        }
+    }
+
     /// Runs a transactional call with one path per error class. Returns `Ok(false)` when the
     /// transaction was aborted (and the consumer rewound) instead.
     async fn retrying(
@@ -684,9 +715,8 @@ impl Engine {
     ) -> Result<bool, RuntimeError> {
         let mut attempt = 0;
         loop {
-            let producer = Arc::clone(&self.producer);
             let call = call.clone();
-            let result = blocking(move || call(&producer)).await;
+            let result = self.watched(during, call).await?;
             let Err(e) = result else { return Ok(true) };
             match classify(&e) {
                 TxnErrorClass::Retriable if attempt < 10 => {
@@ -775,8 +805,10 @@ impl Engine {
         if self.txn_open {
             let mut attempt = 0;
             loop {
-                let producer = Arc::clone(&self.producer);
-                match blocking(move || producer.abort_transaction(CALL_TIMEOUT)).await {
+                match self
+                    .watched("abort_transaction", |p| p.abort_transaction(CALL_TIMEOUT))
+                    .await?
+                {
                     Ok(()) => break,
                     Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 10 => {
                         attempt += 1;
@@ -828,13 +860,19 @@ impl Engine {
     pub(crate) async fn stop(&mut self, error: RuntimeError) -> RuntimeError {
         if !self.stopped {
             self.stopped = true;
-            if self.txn_open {
+            if self.txn_open && !self.producer_stuck {
                 let producer = Arc::clone(&self.producer);
-                if let Err(e) = blocking(move || producer.abort_transaction(CALL_TIMEOUT)).await {
-                    tracing::warn!(error = %e, "could not abort the open transaction while stopping; the broker aborts it after transaction.timeout.ms, or the next start of this instance does");
+                let abort =
+                    tokio::task::spawn_blocking(move || producer.abort_transaction(CALL_TIMEOUT));
+                match tokio::time::timeout(WATCHDOG, abort).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(error = %e, "could not abort the open transaction while stopping; the broker aborts it after transaction.timeout.ms, or the next start of this instance does");
+                    }
+                    _ => tracing::warn!("abort_transaction did not return while stopping; the broker aborts the transaction after transaction.timeout.ms"),
                 }
-                self.txn_open = false;
             }
+            self.txn_open = false;
             self.positions.clear();
             if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
                 tracing::warn!(error = %e, "could not drop the uncommitted state while stopping; recovery rolls it back");
@@ -903,17 +941,19 @@ impl Engine {
     /// error except fencing. A fenced producer means another producer took this transactional
     /// id over; replacing it would fence that one in turn, so fencing stops the application.
     pub(crate) fn producer_failed(&self) -> bool {
-        self.producer
-            .client()
-            .fatal_error()
-            .is_some_and(|(code, _)| {
-                !matches!(
-                    code,
-                    RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                )
-            })
+        self.producer_stuck
+            || self
+                .producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| {
+                    !matches!(
+                        code,
+                        RDKafkaErrorCode::Fenced
+                            | RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                    )
+                })
     }
 
     /// Replaces a failed producer and resumes every assigned task from the group's committed
@@ -966,7 +1006,9 @@ impl Engine {
         )
         .await?;
         let old = std::mem::replace(&mut self.producer, producer);
-        blocking(move || drop(old)).await;
+        // Destroying the old client may block (a stuck call still holds it): not awaited.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
+        self.producer_stuck = false;
         self.stopped = false;
         let assigned: Vec<TopicPartition> = self.assigned.iter().cloned().collect();
         let starts = self.resume(&assigned).await?;

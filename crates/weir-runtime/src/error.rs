@@ -134,6 +134,20 @@ pub enum RuntimeError {
         problem: String,
     },
 
+    /// A transactional call did not return in time (a librdkafka hang, e.g. while a
+    /// coordinator broker disappears); the producer is replaced.
+    #[error(
+        "{during} did not return within {waited:?}; the producer is considered stuck. weir \
+         replaces it and resumes from the committed offsets; if this repeats, check the brokers \
+         (transaction and group coordinators)"
+    )]
+    Stuck {
+        /// The call.
+        during: String,
+        /// How long weir waited.
+        waited: std::time::Duration,
+    },
+
     /// weir's own state machine went wrong; please report it.
     #[error("internal error: {0}")]
     Internal(String),

@@ -90,11 +90,13 @@ impl ChildProcess {
                 self.child = None;
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.name
-            );
+            if Instant::now() >= deadline {
+                let stacks = thread_stacks(child.id());
+                panic!(
+                    "{} did not exit within {timeout:?}; its threads:\n{stacks}",
+                    self.name
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -111,5 +113,28 @@ impl Drop for ChildProcess {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
+    }
+}
+
+/// The threads' stacks of a hung process, from gdb when it is installed (for the panic message).
+fn thread_stacks(pid: u32) -> String {
+    let out = std::process::Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(e) => format!("(no stacks: gdb did not run: {e})"),
     }
 }
