@@ -38,6 +38,8 @@ fn start_mirror(
         .arg("--state-dir")
         .arg(state)
         .args(["--commit-interval-ms", "1000"])
+        // A killed incarnation's partitions wait for its session to expire: keep it short.
+        .args(["--set", "consumer.session.timeout.ms=6000"])
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdout(std::process::Stdio::null())
         .stderr(log);
@@ -61,9 +63,9 @@ fn mirror_is_exactly_once_across_sigkills() {
     let producer = {
         let (input, rest) = (input.clone(), rest.to_vec());
         std::thread::spawn(move || {
-            for chunk in rest.chunks(2_500) {
+            for chunk in rest.chunks(1_000) {
                 shared().produce(&input, chunk.to_vec());
-                std::thread::sleep(Duration::from_millis(150));
+                std::thread::sleep(Duration::from_millis(700));
             }
         })
     };
@@ -73,7 +75,14 @@ fn mirror_is_exactly_once_across_sigkills() {
     let mut run = 0;
     let mut mirror = start_mirror(kafka, &app, &input, &output, &state, run);
     for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(700..2_500)));
+        // Kill inside an open transaction: once records of one are in the output log, at a
+        // random moment after.
+        wait_for(
+            "an open transaction on the output",
+            Duration::from_secs(90),
+            || !kafka.open_transactions(&output).is_empty(),
+        );
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
         mirror.kill();
         kills += 1;
         run += 1;
