@@ -112,6 +112,7 @@ fn an_operator_error_aborts_and_nothing_of_it_is_visible() {
     // One long transaction, so the failure aborts outputs already written to the log.
     let config = config(kafka, &app, &input, &output)
         .commit_interval(Duration::from_secs(20))
+        .set("transaction.timeout.ms", 60_000)
         .set("max.batch.records", 200)
         .build()
         .unwrap();
@@ -604,6 +605,7 @@ fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exac
     let long = |_: ()| {
         config(kafka, &app, &input, &output)
             .commit_interval(Duration::from_secs(50))
+            .set("transaction.timeout.ms", 120_000)
             .build()
             .unwrap()
     };
