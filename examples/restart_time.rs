@@ -29,6 +29,10 @@ struct Args {
     /// State sizes (distinct keys) to measure.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     keys: Vec<usize>,
+    /// Run `totals` with `static.membership = true` (a restarted instance reclaims its
+    /// partitions without waiting for its old session to expire).
+    #[arg(long)]
+    static_membership: bool,
     /// Use this cluster instead of starting a local broker.
     #[arg(long, env = "WEIR_KAFKA_BOOTSTRAP")]
     bootstrap_servers: Option<String>,
@@ -46,6 +50,7 @@ struct Run<'a> {
     output: String,
     state: PathBuf,
     local_only: bool,
+    static_membership: bool,
 }
 
 impl Run<'_> {
@@ -66,6 +71,9 @@ impl Run<'_> {
         if self.local_only {
             cmd.arg("--local-only");
         }
+        if self.static_membership {
+            cmd.args(["--set", "static.membership=true"]);
+        }
         ChildProcess::spawn("totals (build it with --examples)", cmd)
     }
 
@@ -84,6 +92,7 @@ fn measure(
     keys: usize,
     local_only: bool,
     lose_dir: bool,
+    static_membership: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
     let run = Run {
         kafka,
@@ -92,6 +101,7 @@ fn measure(
         output: unique("restart-out"),
         state: std::env::temp_dir().join(unique("weir-restart-state")),
         local_only,
+        static_membership,
     };
     kafka.create_topic(&run.input, 3);
     kafka.create_topic(&run.output, 3);
@@ -150,16 +160,23 @@ fn main() -> anyhow::Result<()> {
             handle
         }
     };
-    println!("restart after SIGKILL → first committed output (3 partitions, one record per key)");
+    println!(
+        "restart after SIGKILL → first committed output (3 partitions, one record per key{})",
+        if args.static_membership {
+            ", static membership"
+        } else {
+            ""
+        }
+    );
     println!("(load: the first run over one record per key, start-up included, exactly_once)");
     println!(
         "{:>10}  {:>12}  {:>12}  {:>14}  {:>18}  {:>18}",
         "keys", "changelog", "local-only", "dir lost", "load (changelog)", "load (local-only)"
     );
     for &keys in &args.keys {
-        let (load, changelog) = measure(&kafka, keys, false, false)?;
-        let (load_local, local) = measure(&kafka, keys, true, false)?;
-        let (_, lost) = measure(&kafka, keys, false, true)?;
+        let (load, changelog) = measure(&kafka, keys, false, false, args.static_membership)?;
+        let (load_local, local) = measure(&kafka, keys, true, false, args.static_membership)?;
+        let (_, lost) = measure(&kafka, keys, false, true, args.static_membership)?;
         let rate = |d: Duration| keys as f64 / d.as_secs_f64();
         println!(
             "{keys:>10}  {:>10.2} s  {:>10.2} s  {:>12.2} s  {:>12.0} rec/s  {:>12.0} rec/s",

@@ -134,6 +134,14 @@ pub struct Config {
     #[serde(rename = "group.protocol", default)]
     pub group_protocol: GroupProtocol,
 
+    /// `static.membership`: join the group as a static member (KIP-345) with
+    /// `group.instance.id = {application.id}-{instance.id}`. A restarted instance then gets its
+    /// partitions back at once, without a rebalance and without waiting for its old session to
+    /// expire; but a stopped one no longer leaves the group, so its partitions move only after
+    /// the session timeout. Default false.
+    #[serde(rename = "static.membership", default)]
+    pub static_membership: bool,
+
     /// `auto.offset.reset`: `earliest` (default), `latest` or `none`.
     #[serde(rename = "auto.offset.reset", default)]
     pub auto_offset_reset: OffsetReset,
@@ -249,6 +257,10 @@ const MANAGED: &[(&str, &str)] = &[
     ("enable.idempotence", "weir's producer is always idempotent"),
     ("transaction.timeout.ms", "set `transaction.timeout.ms`"),
     ("group.protocol", "set `group.protocol`"),
+    (
+        "group.instance.id",
+        "set `static.membership = true`; weir derives it from the instance id",
+    ),
 ];
 
 /// Consumer properties the KIP-848 consumer protocol moves to the broker.

@@ -27,6 +27,9 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
         .set("allow.auto.create.topics", "false");
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.consumer);
+    if config.static_membership {
+        c.set("group.instance.id", config.transactional_id(instance_id));
+    }
     c.set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.application_id)
         .set(
@@ -89,5 +92,39 @@ pub fn base_config(bootstrap_servers: &str) -> ClientConfig {
 fn apply(c: &mut ClientConfig, props: &std::collections::BTreeMap<String, String>) {
     for (k, v) in props {
         c.set(k, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml_str(&format!(
+            "\"application.id\" = \"app\"\n\"bootstrap.servers\" = \"localhost:9092\"\n\"input.topics\" = [\"in\"]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn static_membership_derives_the_group_instance_id() {
+        let c = consumer_config(&config(""), "i1");
+        assert_eq!(c.get("group.instance.id"), None);
+        let c = consumer_config(&config("\"static.membership\" = true"), "i1");
+        assert_eq!(c.get("group.instance.id"), Some("app-i1"));
+        let err = Config::from_toml_str(
+            "\"application.id\" = \"app\"\n\"bootstrap.servers\" = \"b:1\"\n\"input.topics\" = [\"in\"]\n\"consumer.group.instance.id\" = \"x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("static.membership"), "{err}");
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_assignment_to_the_broker() {
+        let c = consumer_config(&config("\"group.protocol\" = \"consumer\""), "i1");
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+        assert_eq!(c.get("partition.assignment.strategy"), None);
+        assert_eq!(c.get("session.timeout.ms"), None);
     }
 }
