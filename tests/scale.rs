@@ -59,23 +59,23 @@ fn stop_all(instances: Vec<Option<ChildProcess>>) {
     }
 }
 
-/// The copier: `mirror`, 3 instances on 6 partitions, >= 100,000 records; three rounds of
-/// "wait for 20% more progress, then fault one instance and restart it".
-fn copier(fault: Fault) {
+/// 3 instances of `example` on 6 partitions while `records` are fed `chunk` at a time with
+/// `pause` between chunks; three rounds of "wait for 20% more progress, then fault one
+/// instance and restart it". Returns the verification report and the scenario's duration.
+fn instance_fault_rounds(
+    example: &'static str,
+    check: Check,
+    records: Vec<weir_testkit::TestRecord>,
+    (chunk, pause): (usize, Duration),
+    fault: Fault,
+) -> (weir_testkit::Report, f64) {
     let _serial = serial();
     let kafka = shared();
     let started = Instant::now();
-    let mut g = AppGroup::new(kafka, "mirror", 6, INSTANCES);
-    let records = numbered(6, 17_000);
+    let mut g = AppGroup::new(kafka, example, 6, INSTANCES);
     let total = records.len() as i64;
     let live = kafka.live_reader(&g.output);
-    let feeder = feed(
-        &g.bootstrap,
-        &g.input,
-        records,
-        2_000,
-        Duration::from_millis(200),
-    );
+    let feeder = feed(&g.bootstrap, &g.input, records, chunk, pause);
     let mut instances: Vec<Option<ChildProcess>> =
         (0..INSTANCES).map(|i| Some(g.start(i))).collect();
     for round in 0..3 {
@@ -86,10 +86,22 @@ fn copier(fault: Fault) {
     feeder.join().expect("feeder");
     g.wait_done(kafka, Duration::from_secs(180));
     stop_all(instances);
-    let report = g.verify(kafka, Check::Copy, live);
+    (g.verify(kafka, check, live), secs(started))
+}
+
+/// The copier: `mirror`, 3 instances on 6 partitions, >= 100,000 records, three fault rounds.
+fn copier(fault: Fault) {
+    let records = numbered(6, 17_000);
+    let total = records.len();
+    let (report, took) = instance_fault_rounds(
+        "mirror",
+        Check::Copy,
+        records,
+        (2_000, Duration::from_millis(200)),
+        fault,
+    );
     eprintln!(
-        "copier ({fault:?}): {total} records, 3 instances, 6 partitions, 3 {fault:?} rounds, {:.0} s: {report}",
-        secs(started)
+        "copier ({fault:?}): {total} records, 3 instances, 6 partitions, 3 {fault:?} rounds, {took:.0} s: {report}"
     );
 }
 
@@ -107,34 +119,17 @@ fn copier_is_exactly_once_through_sigterm_rounds() {
 /// every output is the running aggregate, one per input.
 #[test]
 fn totals_is_exactly_once_through_sigkill_rounds() {
-    let _serial = serial();
-    let kafka = shared();
-    let started = Instant::now();
-    let mut g = AppGroup::new(kafka, "totals", 6, INSTANCES);
     let records = payments(60_000, 20_000, 6, 41);
-    let total = records.len() as i64;
-    let live = kafka.live_reader(&g.output);
-    let feeder = feed(
-        &g.bootstrap,
-        &g.input,
+    let total = records.len();
+    let (report, took) = instance_fault_rounds(
+        "totals",
+        Check::Totals,
         records,
-        1_000,
-        Duration::from_millis(250),
+        (1_000, Duration::from_millis(250)),
+        Fault::Kill,
     );
-    let mut instances: Vec<Option<ChildProcess>> =
-        (0..INSTANCES).map(|i| Some(g.start(i))).collect();
-    for round in 0..3 {
-        let target = (g.progress(kafka) + total / 5).min(total);
-        g.wait_progress(kafka, target, Duration::from_secs(180));
-        bounce(&mut g, &mut instances, round % INSTANCES, Fault::Kill);
-    }
-    feeder.join().expect("feeder");
-    g.wait_done(kafka, Duration::from_secs(180));
-    stop_all(instances);
-    let report = g.verify(kafka, Check::Totals, live);
     eprintln!(
-        "totals (SIGKILL rounds): {total} records, 20,000 keys, 3 instances, 6 partitions, {:.0} s: {report}",
-        secs(started)
+        "totals (SIGKILL rounds): {total} records, 20,000 keys, 3 instances, 6 partitions, {took:.0} s: {report}"
     );
 }
 

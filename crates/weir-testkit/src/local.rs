@@ -172,16 +172,23 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn wait_ready(&mut self, expected: usize, timeout: Duration) -> Result<(), StartError> {
-        let deadline = Instant::now() + timeout;
-        let bootstrap = self.bootstrap_servers();
-        let client: rdkafka::consumer::BaseConsumer = weir_kafka::clients::base_config(&bootstrap)
-            .set("log_level", "3")
+    /// A client for metadata requests to this cluster, logging at syslog `log_level`.
+    fn metadata_client(
+        &self,
+        log_level: &str,
+    ) -> Result<rdkafka::consumer::BaseConsumer, StartError> {
+        weir_kafka::clients::base_config(&self.bootstrap_servers())
+            .set("log_level", log_level)
             .create()
             .map_err(|e| StartError::Local {
                 what: "creating a client".into(),
                 detail: e.to_string(),
-            })?;
+            })
+    }
+
+    fn wait_ready(&mut self, expected: usize, timeout: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + timeout;
+        let client = self.metadata_client("3")?;
         use rdkafka::consumer::Consumer;
         loop {
             for n in &mut self.nodes {
@@ -237,14 +244,7 @@ impl LocalCluster {
         use rdkafka::consumer::Consumer;
         let started = Instant::now();
         let id = self.nodes[index].id as i32;
-        let client: rdkafka::consumer::BaseConsumer =
-            weir_kafka::clients::base_config(&self.bootstrap_servers())
-                .set("log_level", "0")
-                .create()
-                .map_err(|e| StartError::Local {
-                    what: "creating a client".into(),
-                    detail: e.to_string(),
-                })?;
+        let client = self.metadata_client("0")?;
         loop {
             if let Ok(md) = client.fetch_metadata(None, Duration::from_secs(5)) {
                 if md.brokers().iter().all(|b| b.id() != id) {
@@ -270,14 +270,7 @@ impl LocalCluster {
     /// replica set in sync — no under-replicated partitions left.
     pub fn wait_in_sync(&self, timeout: Duration) -> Result<(), StartError> {
         use rdkafka::consumer::Consumer;
-        let client: rdkafka::consumer::BaseConsumer =
-            weir_kafka::clients::base_config(&self.bootstrap_servers())
-                .set("log_level", "3")
-                .create()
-                .map_err(|e| StartError::Local {
-                    what: "creating a client".into(),
-                    detail: e.to_string(),
-                })?;
+        let client = self.metadata_client("3")?;
         let deadline = Instant::now() + timeout;
         loop {
             let lagging: Vec<String> = match client.fetch_metadata(None, Duration::from_secs(5)) {
