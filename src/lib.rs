@@ -36,7 +36,9 @@
 
 pub use async_trait::async_trait;
 pub use weir_core::*;
-pub use weir_runtime::{App, RunSummary, RuntimeError};
+pub use weir_runtime::{App, RestoreObserver, RunSummary, RuntimeError};
+
+pub mod progress;
 
 /// The README's example must compile.
 #[doc = include_str!("../README.md")]

@@ -245,3 +245,43 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         report.duplicated.len()
     );
 }
+
+#[test]
+fn demo_survives_its_kills_and_restores_lost_state_from_the_changelog() {
+    let kafka = shared();
+    let out = Command::new(example_bin("demo"))
+        .args(["--bootstrap-servers", kafka.bootstrap_servers()])
+        .args(["--records", "20000", "--kills", "1", "--accounts", "5000"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo exited with {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("SIGKILL #1"), "{stdout}");
+    assert!(
+        stdout.contains("✔ exactly once: every record copied once"),
+        "{stdout}"
+    );
+    // The restarted `totals` restored every task (3 partitions) from the changelog, with
+    // records in each, and every aggregate checked out.
+    let restored: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains("⟳ restored store \"totals\""))
+        .map(|l| {
+            l.rsplit(": ")
+                .next()
+                .unwrap()
+                .trim_end_matches(" records")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(restored.len(), 3, "{stdout}");
+    assert!(restored.iter().all(|&n| n > 0), "{stdout}");
+    assert!(stdout.contains("✔ exactly once with state"), "{stdout}");
+}

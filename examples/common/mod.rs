@@ -4,6 +4,8 @@
 // Each example binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod totals;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;

@@ -21,4 +21,4 @@ pub use processor::{
     Processor, StartFrom,
 };
 pub use record::{Header, Output, Record, TopicPartition};
-pub use state::{StateAccess, StateError, Store, StoreKey, StoreSpec};
+pub use state::{RestoreProgress, StateAccess, StateError, Store, StoreKey, StoreSpec};

@@ -16,6 +16,41 @@ use serde::Serialize;
 
 use crate::error::ProcessError;
 
+/// Where a restore of one store of one task stands, reported to the observer set with
+/// `App::on_restore_progress` (e.g. to draw a progress bar) when it starts, after every applied
+/// batch, and when it finishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreProgress {
+    /// The store being restored.
+    pub store: String,
+    /// The task (input partition number), which is also the changelog partition.
+    pub task: i32,
+    /// The changelog topic read.
+    pub changelog_topic: String,
+    /// The changelog offset the restore started from.
+    pub from: i64,
+    /// The changelog's last stable offset when the restore started: where it stops.
+    pub end: i64,
+    /// The next changelog offset to read (`from..=end`).
+    pub position: i64,
+    /// Records applied so far.
+    pub restored: u64,
+    /// Set on the last report of this restore.
+    pub finished: bool,
+}
+
+impl RestoreProgress {
+    /// Changelog offsets still to read.
+    pub fn remaining(&self) -> u64 {
+        (self.end - self.position).max(0) as u64
+    }
+
+    /// Changelog offsets the restore covers (`end - from`).
+    pub fn total(&self) -> u64 {
+        (self.end - self.from).max(0) as u64
+    }
+}
+
 /// A store an operator declares in [`Processor::stores`](crate::Processor::stores).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreSpec {

@@ -21,7 +21,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
-use weir_core::{AppInfo, Config, Guarantee, Processor};
+use weir_core::{AppInfo, Config, Guarantee, Processor, RestoreProgress};
 use weir_kafka::admin::Admin;
 use weir_kafka::clients::consumer_config;
 
@@ -62,9 +62,21 @@ pub struct RunSummary {
 /// App::new(config).run(processor).await?; // until SIGINT or SIGTERM
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct App {
     config: Arc<Config>,
+    restore_observer: Option<RestoreObserver>,
+}
+
+/// A function told how each state restore progresses (see [`App::on_restore_progress`]).
+pub type RestoreObserver = Arc<dyn Fn(&RestoreProgress) + Send + Sync>;
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("restore_observer", &self.restore_observer.is_some())
+            .finish()
+    }
 }
 
 impl App {
@@ -72,7 +84,22 @@ impl App {
     pub fn new(config: Config) -> Self {
         Self {
             config: Arc::new(config),
+            restore_observer: None,
         }
+    }
+
+    /// Calls `observer` as state is restored from a changelog: when a restore of a store of a
+    /// task starts, after every applied batch (up to 10,000 records), and when it finishes.
+    /// It runs on the restoring thread, so it must be quick (update a progress bar, a
+    /// counter). Restores are also logged and exported as the
+    /// `weir_restore_remaining_records` gauge, with or without an observer.
+    #[must_use]
+    pub fn on_restore_progress(
+        mut self,
+        observer: impl Fn(&RestoreProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.restore_observer = Some(Arc::new(observer));
+        self
     }
 
     /// Runs `processor` until SIGINT or SIGTERM, then commits the open transaction and returns.
@@ -146,7 +173,7 @@ impl App {
             exactly_once.then_some(transactional_id.as_str()),
         );
 
-        let engine = Arc::new(Mutex::new(Engine::new(
+        let mut engine = Engine::new(
             Arc::clone(&config),
             instance_id.clone(),
             transactional_id,
@@ -154,7 +181,9 @@ impl App {
             producer,
             delivery,
             state,
-        )));
+        );
+        engine.restore_observer = self.restore_observer.clone();
+        let engine = Arc::new(Mutex::new(engine));
         let rewinds = Arc::clone(&engine.lock().await.rewinds);
         let handler = RebalanceHandler {
             rewinds,

@@ -54,7 +54,7 @@ use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
 use crate::rebalance::RebalanceHandler;
 use crate::stateful::{by_task, failpoint, parse_seq, restore, seq_metadata};
-use crate::{telemetry, RuntimeError};
+use crate::{telemetry, RestoreObserver, RuntimeError};
 use weir_state::{changelog_topic, Committed, RecoveryOutcome, StateManager, TaskCommit};
 
 /// The consumer type the engine drives.
@@ -228,6 +228,8 @@ pub(crate) struct Engine {
     state: Option<StateManager>,
     /// Whether the operator declared any store.
     stateful: bool,
+    /// Told how restores progress (`App::on_restore_progress`).
+    pub(crate) restore_observer: Option<RestoreObserver>,
 
     /// Partitions currently assigned to this instance.
     pub(crate) assigned: BTreeSet<TopicPartition>,
@@ -292,6 +294,7 @@ impl Engine {
             consecutive_failures: 0,
             stateful: state.is_some(),
             state,
+            restore_observer: None,
             assigned: BTreeSet::new(),
             resume_at: BTreeMap::new(),
             rewinds: Arc::new(AtomicU64::new(0)),
@@ -1106,6 +1109,7 @@ impl Engine {
     /// changelog when the local copy is behind.
     async fn recover_task(&mut self, task: i32, committed: Committed) -> Result<(), RuntimeError> {
         let config = Arc::clone(&self.config);
+        let observer = self.restore_observer.clone();
         let result = self
             .state_blocking(move |state| -> Result<(), RuntimeError> {
                 let k: BTreeMap<String, i64> = committed
@@ -1123,7 +1127,7 @@ impl Engine {
                 for store in stores {
                     if store.changelog {
                         let from = changelog_from.get(&store.name).copied();
-                        let end = restore(&config, state, &store.name, task, from)?;
+                        let end = restore(&config, state, &store.name, task, from, observer.as_ref())?;
                         ends.insert(store.name, end);
                     } else {
                         tracing::warn!(task, store = %store.name,

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use weir_core::Config;
+use weir_core::{Config, RestoreProgress};
 use weir_kafka::admin::{Admin, TopicSpec};
 use weir_kafka::clients::base_config;
 use weir_state::{changelog_topic, StateManager};
 
-use crate::RuntimeError;
+use crate::{RestoreObserver, RuntimeError};
 
 /// The prefix of the committed offsets' metadata that carries the commit sequence number.
 const SEQ_PREFIX: &str = "weir:seq=";
@@ -109,6 +109,7 @@ pub(crate) fn restore(
     store: &str,
     task: i32,
     from: Option<i64>,
+    observer: Option<&RestoreObserver>,
 ) -> Result<i64, RuntimeError> {
     let topic = changelog_topic(&config.application_id, store);
     let kafka = |during: &str, e: KafkaError| RuntimeError::Kafka {
@@ -142,8 +143,24 @@ pub(crate) fn restore(
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(10_000);
-    let mut restored = 0u64;
-    let mut position = start;
+    let mut progress = RestoreProgress {
+        store: store.to_string(),
+        task,
+        changelog_topic: topic.clone(),
+        from: start,
+        end,
+        position: start,
+        restored: 0,
+        finished: false,
+    };
+    let report = |p: &RestoreProgress| {
+        metrics::gauge!("weir_restore_remaining_records", "store" => p.store.clone())
+            .set(p.remaining() as f64);
+        if let Some(observer) = observer {
+            observer(p);
+        }
+    };
+    report(&progress);
     tracing::info!(
         topic,
         task,
@@ -151,34 +168,35 @@ pub(crate) fn restore(
         to = end,
         "restoring state from the changelog"
     );
-    while position < end {
+    let mut eof = false;
+    while progress.position < end && !eof {
         match consumer.poll(Duration::from_millis(500)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => eof = true,
             Some(Err(e)) => return Err(kafka("reading", e)),
             Some(Ok(m)) => {
-                position = m.offset() + 1;
+                progress.position = m.offset() + 1;
                 if let Some(key) = m.key() {
                     batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
                 }
             }
         }
-        if batch.len() >= 10_000 || (position >= end && !batch.is_empty()) {
+        if batch.len() >= 10_000 || ((progress.position >= end || eof) && !batch.is_empty()) {
             state.restore_batch(task, store, &batch)?;
-            restored += batch.len() as u64;
+            progress.restored += batch.len() as u64;
             batch.clear();
-            metrics::gauge!("weir_restore_remaining_records", "store" => store.to_string())
-                .set((end - position).max(0) as f64);
+            report(&progress);
         }
         if last_log.elapsed() > Duration::from_secs(5) {
+            let (position, restored) = (progress.position, progress.restored);
             tracing::info!(topic, task, position, end, restored, "restoring");
             last_log = Instant::now();
         }
     }
-    if !batch.is_empty() {
-        state.restore_batch(task, store, &batch)?;
-        restored += batch.len() as u64;
-    }
+    progress.position = end;
+    progress.finished = true;
+    report(&progress);
+    let restored = progress.restored;
     metrics::counter!("weir_restored_records_total").increment(restored);
     tracing::info!(topic, task, restored, took = ?started.elapsed(), "restore finished");
     Ok(end)
