@@ -53,9 +53,9 @@ use weir_kafka::clients::producer_config;
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
 use crate::rebalance::RebalanceHandler;
-use crate::stateful::{by_task, failpoint, parse_seq, restore, seq_metadata};
+use crate::stateful::{by_task, failpoint, restore};
 use crate::{telemetry, RestoreObserver, RuntimeError};
-use weir_state::{changelog_topic, Committed, RecoveryOutcome, StateManager, TaskCommit};
+use weir_state::{changelog_topic, Committed, Marks, RecoveryOutcome, StateManager, TaskCommit};
 
 /// The consumer type the engine drives.
 pub(crate) type WeirConsumer = BaseConsumer<RebalanceHandler>;
@@ -634,10 +634,16 @@ impl Engine {
             let tpl = to_tpl(&offsets);
             // The commit's sequence number rides in the offsets' metadata: recovery asks
             // Kafka "did this commit happen?" (DESIGN.md, "Recovery").
+            // So does the task's state generation, if an offset reset with --reset-state set one.
             for (task, seq, _) in &commits {
+                let reset = self
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.meta(*task).ok().flatten())
+                    .and_then(|m| m.reset);
                 for mut e in tpl.elements() {
                     if e.partition() == *task {
-                        e.set_metadata(seq_metadata(*seq));
+                        e.set_metadata(Marks::format(*seq, reset));
                     }
                 }
             }
@@ -918,20 +924,22 @@ impl Engine {
         let policy = self.config.auto_offset_reset;
         let parts = partitions.to_vec();
         let patience = self.config.transaction_timeout + Duration::from_secs(30);
-        let (starts, seqs) =
+        let (starts, marks) =
             blocking(move || resolve_starts(&consumer, &group, &parts, policy, patience)).await?;
         if self.stateful {
             // Recovery before the first record of each new task (DESIGN.md, "Recovery").
-            let mut tasks: BTreeMap<i32, Committed> = BTreeMap::new();
+            let mut tasks: BTreeMap<i32, (Committed, Option<u64>)> = BTreeMap::new();
             for s in &starts {
                 let k = (s.start == StartFrom::Committed).then_some(s.start_offset);
-                let seq = seqs.get(&s.partition).copied().flatten();
-                tasks
-                    .entry(s.partition.partition)
-                    .or_default()
-                    .insert(s.partition.topic.clone(), (k, seq));
+                let m = marks.get(&s.partition).copied().unwrap_or_default();
+                let task = tasks.entry(s.partition.partition).or_default();
+                task.0.insert(s.partition.topic.clone(), (k, m.seq));
+                task.1 = task.1.max(m.reset);
             }
-            for (task, committed) in tasks {
+            for (task, (committed, reset)) in tasks {
+                if let Some(reset) = reset {
+                    self.reset_task(task, reset, &committed).await?;
+                }
                 self.recover_task(task, committed).await?;
             }
         }
@@ -1105,6 +1113,34 @@ impl Engine {
 }
 
 impl Engine {
+    /// Wipes the local state of `task` if it is not of state generation `reset` (set by
+    /// `weir offsets reset --reset-state`): the group's offsets were moved together with an
+    /// order to start the state over.
+    async fn reset_task(
+        &mut self,
+        task: i32,
+        reset: u64,
+        committed: &Committed,
+    ) -> Result<(), RuntimeError> {
+        let offsets: BTreeMap<String, i64> = committed
+            .iter()
+            .filter_map(|(t, (o, _))| o.map(|o| (t.clone(), o)))
+            .collect();
+        let result = self
+            .state_blocking(move |state| state.reset_task(task, reset, offsets))
+            .await;
+        if let Some(wiped) = result {
+            if wiped? {
+                tracing::warn!(
+                    task,
+                    reset,
+                    "the group's offsets were reset with --reset-state: local state of this task wiped, starting over from the new offsets"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Recovers one task's state against the group's committed offsets, restoring from the
     /// changelog when the local copy is behind.
     async fn recover_task(&mut self, task: i32, committed: Committed) -> Result<(), RuntimeError> {
@@ -1230,11 +1266,9 @@ fn to_tpl(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
     tpl
 }
 
-/// Start offsets, and the commit sequence number in each committed offset's metadata.
-pub(crate) type Starts = (
-    Vec<AssignedPartition>,
-    BTreeMap<TopicPartition, Option<u64>>,
-);
+/// Start offsets, and the marks (state commit sequence number, state generation) in each
+/// committed offset's metadata.
+pub(crate) type Starts = (Vec<AssignedPartition>, BTreeMap<TopicPartition, Marks>);
 
 /// Where reading starts for each partition: the group's committed offset (read as a stable
 /// offset, because the consumer is read_committed), or else `auto.offset.reset` resolved to a
@@ -1274,11 +1308,11 @@ pub(crate) fn resolve_starts(
         }
     };
     let mut starts = Vec::with_capacity(partitions.len());
-    let mut seqs = BTreeMap::new();
+    let mut marks = BTreeMap::new();
     let mut missing = Vec::new();
     for e in committed.elements() {
         let partition = TopicPartition::new(e.topic(), e.partition());
-        seqs.insert(partition.clone(), parse_seq(e.metadata()));
+        marks.insert(partition.clone(), Marks::parse(e.metadata()));
         if let Offset::Offset(o) = e.offset() {
             starts.push(AssignedPartition {
                 partition,
@@ -1314,5 +1348,5 @@ pub(crate) fn resolve_starts(
             partitions: missing,
         });
     }
-    Ok((starts, seqs))
+    Ok((starts, marks))
 }

@@ -16,19 +16,6 @@ use weir_state::{changelog_topic, StateManager};
 
 use crate::{RestoreObserver, RuntimeError};
 
-/// The prefix of the committed offsets' metadata that carries the commit sequence number.
-const SEQ_PREFIX: &str = "weir:seq=";
-
-/// The metadata string for a commit with this sequence number.
-pub(crate) fn seq_metadata(seq: u64) -> String {
-    format!("{SEQ_PREFIX}{seq}")
-}
-
-/// The sequence number in a committed offset's metadata, if weir wrote it.
-pub(crate) fn parse_seq(metadata: &str) -> Option<u64> {
-    metadata.strip_prefix(SEQ_PREFIX)?.parse().ok()
-}
-
 /// Crashes the process at a named step of the commit cycle when `WEIR_FAILPOINT` names it
 /// (`name`, or `name:N` for the N-th time the step is reached). Steps: `after_produce`,
 /// `after_send_offsets`, `after_prepare`, `after_commit_transaction`, `after_apply`.

@@ -30,8 +30,10 @@
 
 mod delta;
 mod manager;
+pub mod marks;
 
 pub use manager::{
     changelog_topic, Committed, Pending, RecoveryOutcome, StateManager, StateStoreError,
     TaskCommit, TaskMeta,
 };
+pub use marks::Marks;

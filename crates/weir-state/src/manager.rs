@@ -29,6 +29,9 @@ pub struct TaskMeta {
     pub changelog: BTreeMap<String, i64>,
     /// The sequence number of the last commit applied.
     pub seq: u64,
+    /// The state generation (set by a state-aware offset reset; see [`crate::Marks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<u64>,
 }
 
 /// A prepared, not yet applied, commit of a task.
@@ -456,6 +459,42 @@ impl StateManager {
         self.db.write(batch).map_err(|e| self.rocks(&e))
     }
 
+    /// Starts state generation `reset` for `task` if its local state is of another one: every
+    /// store entry, pending commit and changelog offset of the task is dropped and `R` becomes
+    /// `offsets` (where the reset moved the group). Returns whether it wiped anything.
+    pub fn reset_task(
+        &mut self,
+        task: i32,
+        reset: u64,
+        offsets: BTreeMap<String, i64>,
+    ) -> Result<bool, StateStoreError> {
+        if self.meta(task)?.is_some_and(|m| m.reset == Some(reset)) {
+            return Ok(false);
+        }
+        self.overlays.remove(&task);
+        let mut batch = WriteBatch::default();
+        let (start, end) = (task_key(DATA, task), task_key(DATA, task + 1));
+        batch.delete_range(&start, &end);
+        batch.delete(task_key(PENDING, task));
+        batch.delete(task_key(DELTA, task));
+        let meta = TaskMeta {
+            offsets,
+            changelog: BTreeMap::new(),
+            seq: 0,
+            reset: Some(reset),
+        };
+        batch.put(
+            task_key(META, task),
+            serde_json::to_vec(&meta).expect("serializable"),
+        );
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .write_opt(batch, &sync)
+            .map_err(|e| self.rocks(&e))?;
+        Ok(true)
+    }
+
     /// Writes a batch of changelog records (restore); `None` values delete.
     pub fn restore_batch(
         &self,
@@ -674,6 +713,43 @@ mod tests {
 
     fn offsets(o: i64) -> BTreeMap<String, i64> {
         [("in".to_string(), o)].into()
+    }
+
+    #[test]
+    fn a_reset_generation_wipes_a_task_once_and_leaves_the_others() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        for task in [0, 1] {
+            m.access(task).put("s", b"a", b"1".to_vec()).unwrap();
+        }
+        m.apply(
+            &[(0, 1, offsets(10)), (1, 1, offsets(20))],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(m.reset_task(0, 77, offsets(3)).unwrap(), "wiped");
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), None);
+        assert_eq!(m.access(1).get("s", b"a").unwrap(), Some(b"1".to_vec()));
+        let meta = m.meta(0).unwrap().unwrap();
+        assert_eq!(
+            (meta.offsets, meta.seq, meta.reset),
+            (offsets(3), 0, Some(77))
+        );
+        // In step with the reset offsets: no error although they moved back (R > K otherwise).
+        let committed: Committed = [("in".to_string(), (Some(3), Some(0)))].into();
+        assert_eq!(
+            m.recover(0, &committed).unwrap(),
+            RecoveryOutcome::InStep {
+                rolled_forward: false
+            }
+        );
+        // Work after the reset is kept: the same generation does not wipe again.
+        m.access(0).put("s", b"b", b"2".to_vec()).unwrap();
+        m.apply(&[(0, 1, offsets(5))], &BTreeMap::new()).unwrap();
+        assert!(!m.reset_task(0, 77, offsets(5)).unwrap());
+        assert_eq!(m.access(0).get("s", b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(m.meta(0).unwrap().unwrap().reset, Some(77), "kept by apply");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
