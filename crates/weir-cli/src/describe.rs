@@ -177,6 +177,8 @@ pub struct LagArgs {
     /// Stop after this many refreshes with --watch (0: never).
     #[arg(long, default_value_t = 0)]
     count: u64,
+    #[command(flatten)]
+    pub output: crate::FormatArg,
 }
 
 #[derive(Serialize)]

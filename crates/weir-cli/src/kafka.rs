@@ -1,7 +1,8 @@
 //! What the CLI asks the cluster: groups and their members, committed offsets, watermarks,
 //! offsets by time; and the one write it makes, committing a group's offsets.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -43,7 +44,12 @@ pub struct Cluster {
     pub bootstrap: String,
     pub admin: Admin,
     pub timeout: Duration,
+    /// read_committed: last stable offsets, offsets for times, group listing.
     metadata: BaseConsumer,
+    /// read_uncommitted: log end offsets.
+    uncommitted: BaseConsumer,
+    /// Topics already in both clients' metadata caches.
+    known: RefCell<BTreeSet<String>>,
 }
 
 impl Cluster {
@@ -55,11 +61,17 @@ impl Cluster {
             .set("isolation.level", "read_committed")
             .create()
             .context("creating a metadata client")?;
+        let uncommitted = base_config(bootstrap)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .context("creating a read_uncommitted client")?;
         Ok(Self {
             bootstrap: bootstrap.to_string(),
             admin,
             timeout,
             metadata,
+            uncommitted,
+            known: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -179,12 +191,21 @@ impl Cluster {
 
     /// `(log start, log end, last stable)` offsets of a partition.
     pub fn watermarks(&self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64, i64)> {
+        // The clients answer watermark queries only for topics in their metadata cache.
+        if self.known.borrow_mut().insert(topic.to_string()) {
+            self.metadata
+                .fetch_metadata(Some(topic), self.timeout)
+                .with_context(|| format!("metadata of {topic}"))?;
+            self.uncommitted
+                .fetch_metadata(Some(topic), self.timeout)
+                .with_context(|| format!("metadata of {topic}"))?;
+        }
         let (low, lso) = self
             .metadata
             .fetch_watermarks(topic, partition, self.timeout)
             .with_context(|| format!("last stable offset of {topic}/{partition}"))?;
         let (_, high) = self
-            .uncommitted_client()?
+            .uncommitted
             .fetch_watermarks(topic, partition, self.timeout)
             .with_context(|| format!("log end offset of {topic}/{partition}"))?;
         Ok((low, high, lso))
@@ -263,13 +284,6 @@ impl Cluster {
             .set("enable.auto.commit", "false")
             .create()
             .context("creating a group client")
-    }
-
-    fn uncommitted_client(&self) -> anyhow::Result<BaseConsumer> {
-        base_config(&self.bootstrap)
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .context("creating a read_uncommitted client")
     }
 }
 

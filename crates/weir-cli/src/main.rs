@@ -1,7 +1,8 @@
 //! `weir`: see and steer weir applications — consumer groups, committed offsets and lag,
 //! offset resets (state-aware), local state, and the exactly-once verifier.
 //!
-//! Every verb prints a table by default and JSON with `--output json`. See
+//! Every verb prints a table by default and JSON with `--output json` (`verify`: `--format
+//! json`, its `--output` being the output topic). See
 //! docs/offset-management.md.
 
 mod describe;
@@ -33,9 +34,6 @@ struct Cli {
         default_value = "localhost:9092"
     )]
     bootstrap_servers: String,
-    /// `table` for people, `json` for programs.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
     /// How long to wait for the cluster, in seconds.
     #[arg(long, global = true, default_value_t = 10)]
     timeout: u64,
@@ -47,6 +45,14 @@ struct Cli {
 pub enum Format {
     Table,
     Json,
+}
+
+/// `--output table|json` (on `verify`, whose `--output` is a topic: `--format`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct FormatArg {
+    /// `table` for people, `json` for programs.
+    #[arg(long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,7 +75,10 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum GroupsCommand {
     /// Every consumer group: state, protocol, members.
-    List,
+    List {
+        #[command(flatten)]
+        output: FormatArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +88,8 @@ enum OffsetsCommand {
         /// The group (a weir application's `application.id`).
         #[arg(long)]
         group: String,
+        #[command(flatten)]
+        output: FormatArg,
     },
     /// Moves a group's committed offsets (dry run unless --execute).
     Reset(Box<reset::ResetArgs>),
@@ -98,6 +109,8 @@ enum StateCommand {
         /// Do not ask Kafka (no comparison with the group's offsets).
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        output: FormatArg,
     },
 }
 
@@ -122,25 +135,30 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(cli.timeout);
     let connect = || kafka::Cluster::connect(&cli.bootstrap_servers, timeout);
     match &cli.command {
-        Command::Groups(GroupsCommand::List) => describe::groups_list(&connect()?, cli.output),
-        Command::Offsets(OffsetsCommand::Describe { group }) => {
-            describe::offsets_describe(&connect()?, group, cli.output)
+        Command::Groups(GroupsCommand::List { output }) => {
+            describe::groups_list(&connect()?, output.format)
         }
-        Command::Offsets(OffsetsCommand::Reset(args)) => reset::run(&connect()?, args, cli.output),
-        Command::Lag(args) => describe::lag(&connect()?, args, cli.output),
+        Command::Offsets(OffsetsCommand::Describe { group, output }) => {
+            describe::offsets_describe(&connect()?, group, output.format)
+        }
+        Command::Offsets(OffsetsCommand::Reset(args)) => {
+            reset::run(&connect()?, args, args.output.format)
+        }
+        Command::Lag(args) => describe::lag(&connect()?, args, args.output.format),
         Command::State(StateCommand::Inspect {
             state_dir,
             application_id,
             offline,
+            output,
         }) => {
             let cluster = if *offline { None } else { Some(connect()?) };
             state::inspect(
                 cluster.as_ref(),
                 state_dir,
                 application_id.as_deref(),
-                cli.output,
+                output.format,
             )
         }
-        Command::Verify(args) => verify::run(&connect()?, args, cli.output),
+        Command::Verify(args) => verify::run(&connect()?, args, args.format),
     }
 }

@@ -65,6 +65,8 @@ pub struct ResetArgs {
     /// stay in step.
     #[arg(long)]
     reset_state: bool,
+    #[command(flatten)]
+    pub output: crate::FormatArg,
 }
 
 #[derive(Serialize)]

@@ -71,14 +71,20 @@ pub fn inspect(
         }
         None => None,
     };
+    // A changelog deleted by a state reset (recreated at the next start) has no offsets.
+    let existing = match cluster {
+        Some(c) => c.topics()?,
+        None => BTreeMap::new(),
+    };
     let mut rows = Vec::new();
     for (task, meta) in &tasks {
         let pending = state.pending(*task)?;
         let mut changelog = BTreeMap::new();
         for (store, next) in &meta.changelog {
+            let topic = changelog_topic(&app, store);
             let end = match cluster {
-                Some(c) => Some(c.watermarks(&changelog_topic(&app, store), *task)?.2),
-                None => None,
+                Some(c) if existing.contains_key(&topic) => Some(c.watermarks(&topic, *task)?.2),
+                _ => None,
             };
             changelog.insert(store.clone(), (*next, end));
         }

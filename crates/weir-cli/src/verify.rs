@@ -33,6 +33,9 @@ pub struct VerifyArgs {
     /// pipeline runs: any record seen then but missing from the final log is an aborted read.
     #[arg(long, value_name = "SECONDS")]
     live: Option<u64>,
+    /// `table` for people, `json` for programs.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
