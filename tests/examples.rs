@@ -17,7 +17,23 @@ fn run_to_exit(example: &str, args: &[&str]) -> Output {
 }
 
 fn etl_cmd(kafka: &Kafka, app: &str, input: &str, output: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(example_bin("etl"));
+    example_cmd("etl", kafka, app, input, output, extra)
+}
+
+fn mirror_cmd(kafka: &Kafka, app: &str, input: &str, output: &str, extra: &[&str]) -> Command {
+    example_cmd("mirror", kafka, app, input, output, extra)
+}
+
+/// An example on the shared broker with a fresh state directory; stdout discarded, stderr piped.
+fn example_cmd(
+    example: &str,
+    kafka: &Kafka,
+    app: &str,
+    input: &str,
+    output: &str,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = Command::new(example_bin(example));
     cmd.args([
         "--bootstrap-servers",
         kafka.bootstrap_servers(),
@@ -284,4 +300,126 @@ fn demo_survives_its_kills_and_restores_lost_state_from_the_changelog() {
     assert_eq!(restored.len(), 3, "{stdout}");
     assert!(restored.iter().all(|&n| n > 0), "{stdout}");
     assert!(stdout.contains("✔ exactly once with state"), "{stdout}");
+}
+
+/// GETs `http://{address}/metrics`.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).expect("connect to the metrics endpoint");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of the first sample of `metric` whose line contains every one of `labels`
+/// (comma-separated).
+fn sample(text: &str, metric: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric} ")) || l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.split(',').all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
+    let kafka = shared();
+    let (input, output, app) = (
+        unique("metrics-in"),
+        unique("metrics-out"),
+        unique("metrics"),
+    );
+    kafka.create_topic(&input, 2);
+    kafka.create_topic(&output, 2);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mirror = ChildProcess::spawn(
+        "mirror",
+        mirror_cmd(
+            kafka,
+            &app,
+            &input,
+            &output,
+            &["--set", &format!("metrics.address={address}")],
+        ),
+    );
+    kafka.produce(&input, numbered(2, 500));
+    wait_for("1000 records committed", Duration::from_secs(60), || {
+        kafka
+            .committed_offsets(&app, &input)
+            .values()
+            .all(|o| *o == Some(500))
+    });
+    let first = scrape(&address);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert_eq!(
+        sample(&first, "weir_records_in_total", ""),
+        Some(1000.0),
+        "{first}"
+    );
+    assert_eq!(
+        sample(&first, "weir_records_out_total", ""),
+        Some(1000.0),
+        "{first}"
+    );
+    assert!(
+        sample(&first, "weir_commits_total", "reason=\"interval\"").unwrap() >= 1.0,
+        "{first}"
+    );
+    assert!(
+        sample(&first, "weir_commit_seconds_count", "").unwrap() >= 1.0,
+        "{first}"
+    );
+    assert!(
+        first.contains("weir_commit_seconds_bucket{le=\"0.1\"}"),
+        "a real histogram: {first}"
+    );
+    assert!(
+        sample(&first, "weir_rebalances_total", "kind=\"assign\"").unwrap() >= 1.0,
+        "{first}"
+    );
+    // Lag per partition arrives with librdkafka's statistics (every 5 s).
+    wait_for("consumer lag samples", Duration::from_secs(20), || {
+        let text = scrape(&address);
+        (0..2).all(|p| {
+            sample(
+                &text,
+                "weir_consumer_lag",
+                &format!("partition=\"{p}\",topic=\"{input}\""),
+            ) == Some(0.0)
+        })
+    });
+
+    kafka.produce(&input, numbered(2, 250));
+    wait_for("the counters to move", Duration::from_secs(60), || {
+        sample(&scrape(&address), "weir_records_in_total", "") == Some(1500.0)
+    });
+    assert!(mirror.terminate(Duration::from_secs(30)).success());
+
+    // A port already taken is a configuration error that names the key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = mirror_cmd(
+        kafka,
+        &unique("metrics"),
+        &input,
+        &output,
+        &["--set", &format!("metrics.address={addr}")],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`metrics.address`") && err.contains(&addr),
+        "{err}"
+    );
 }

@@ -192,6 +192,13 @@ pub struct Config {
     )]
     pub state_max_uncommitted_bytes: usize,
 
+    /// `metrics.address`: serve Prometheus metrics at `http://{address}/metrics`, e.g.
+    /// `"0.0.0.0:9464"` (an IP address and port). Default: not served (the metrics are still
+    /// recorded into any `metrics` recorder the program installs itself). With it, consumer
+    /// lag per partition is sampled every 5 s (librdkafka statistics).
+    #[serde(rename = "metrics.address", default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
     /// `kafka.*`: raw librdkafka properties for both clients.
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,

@@ -25,6 +25,10 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
     }
     c.set("fetch.wait.max.ms", "50")
         .set("allow.auto.create.topics", "false");
+    if config.metrics_address.is_some() {
+        // The statistics carry the consumer lag per partition (`weir_consumer_lag`).
+        c.set("statistics.interval.ms", "5000");
+    }
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.consumer);
     if config.static_membership {

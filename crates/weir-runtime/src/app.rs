@@ -152,6 +152,14 @@ impl App {
         let exactly_once = config.guarantee == Guarantee::ExactlyOnce;
         let transactional_id = config.transactional_id(&instance_id);
 
+        if let Some(address) = config.metrics_address {
+            telemetry::serve(address).map_err(|message| {
+                RuntimeError::Config(weir_core::ConfigError::Invalid {
+                    key: "metrics.address".into(),
+                    message: format!("{message}; choose a free port, or leave the key out"),
+                })
+            })?;
+        }
         check_cluster(&config).await?;
 
         // State stores: open RocksDB (a corrupt directory is moved aside, never reused) and make
@@ -184,9 +192,16 @@ impl App {
         );
         engine.restore_observer = self.restore_observer.clone();
         let engine = Arc::new(Mutex::new(engine));
-        let rewinds = Arc::clone(&engine.lock().await.rewinds);
+        let (rewinds, committed) = {
+            let engine = engine.lock().await;
+            (
+                Arc::clone(&engine.rewinds),
+                Arc::clone(&engine.committed_view),
+            )
+        };
         let handler = RebalanceHandler {
             rewinds,
+            committed,
             engine: Arc::clone(&engine),
             handle: Handle::current(),
             revocations: AtomicU64::new(0),

@@ -237,6 +237,9 @@ pub(crate) struct Engine {
     /// at assignment, then every committed offset. Rewinding never asks `auto.offset.reset`
     /// again (the log may have moved since).
     resume_at: BTreeMap<TopicPartition, i64>,
+    /// A copy of `resume_at` (the committed offsets of the assigned partitions) for the
+    /// consumer-lag gauge, which librdkafka's statistics callback computes.
+    pub(crate) committed_view: Arc<std::sync::Mutex<BTreeMap<TopicPartition, i64>>>,
     /// Bumped by every rewind; `poll_batch` drops records fetched before one.
     pub(crate) rewinds: Arc<AtomicU64>,
     /// An error raised inside a rebalance callback, for the main loop to return.
@@ -297,6 +300,7 @@ impl Engine {
             restore_observer: None,
             assigned: BTreeSet::new(),
             resume_at: BTreeMap::new(),
+            committed_view: Arc::default(),
             rewinds: Arc::new(AtomicU64::new(0)),
             failure: None,
             stopped: false,
@@ -366,6 +370,7 @@ impl Engine {
                     )
                 });
         if is_fenced(&source) || fatal_fenced {
+            telemetry::fenced();
             RuntimeError::Fenced {
                 during: during.to_string(),
                 transactional_id: self.transactional_id.clone(),
@@ -686,6 +691,7 @@ impl Engine {
         self.resume_at
             .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
         self.positions.clear();
+        self.publish_committed();
         // 3d. Apply: state and offsets (R = K) in one atomic write; the pending entry goes.
         self.apply_state(commits).await?;
         self.delivery.reset();
@@ -789,6 +795,7 @@ impl Engine {
                 self.resume_at
                     .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
                 self.positions.clear();
+                self.publish_committed();
                 self.apply_state(commits).await?;
                 self.delivery.reset();
                 Ok(Some(offsets))
@@ -945,6 +952,7 @@ impl Engine {
         }
         self.resume_at
             .extend(starts.iter().map(|s| (s.partition.clone(), s.start_offset)));
+        self.publish_committed();
         Ok(starts)
     }
 
@@ -1083,7 +1091,17 @@ impl Engine {
             // owns must never be committed by it.
             self.positions.remove(p);
         }
+        self.publish_committed();
         result
+    }
+
+    /// Copies the committed offsets of the assigned partitions for the consumer-lag gauge.
+    fn publish_committed(&self) {
+        let mut view = self
+            .committed_view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.clone_from(&self.resume_at);
     }
 
     async fn revoke_cleanly(&mut self, partitions: &[TopicPartition]) -> Result<(), RuntimeError> {

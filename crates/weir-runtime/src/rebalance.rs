@@ -39,6 +39,8 @@ pub(crate) struct RebalanceHandler {
     pub(crate) revoked: StdMutex<Vec<TopicPartition>>,
     /// The engine's rewind counter (see `Engine::rewinds`).
     pub(crate) rewinds: Arc<AtomicU64>,
+    /// The engine's committed offsets (see `Engine::committed_view`).
+    pub(crate) committed: Arc<StdMutex<std::collections::BTreeMap<TopicPartition, i64>>>,
 }
 
 impl std::fmt::Debug for RebalanceHandler {
@@ -47,7 +49,22 @@ impl std::fmt::Debug for RebalanceHandler {
     }
 }
 
-impl ClientContext for RebalanceHandler {}
+impl ClientContext for RebalanceHandler {
+    /// librdkafka's statistics (every `statistics.interval.ms`, set with `metrics.address`):
+    /// the consumer lag of each assigned partition: the end of its log (last stable offset) minus
+    /// the offset weir committed (librdkafka's own `consumer_lag` does not know the offsets a
+    /// transaction commits).
+    /// Parsed here rather than through `rdkafka::Statistics`, whose strict schema does not
+    /// follow every librdkafka version.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        crate::telemetry::consumer_lag(statistics, &committed);
+    }
+}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()

@@ -4,10 +4,129 @@
 //! Levels: `info` for lifecycle (start, assignment, shutdown), `debug` for every commit, `warn`
 //! for aborts, skips and transient errors, `error` for what stops the application.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use weir_core::{AssignedPartition, TopicPartition};
+
+/// Serves the Prometheus exposition at `http://{address}/metrics` (once per process: the
+/// recorder is global; a second application in the same process shares it).
+pub(crate) fn serve(address: SocketAddr) -> Result<(), String> {
+    static SERVING: OnceLock<Result<SocketAddr, String>> = OnceLock::new();
+    let result = SERVING.get_or_init(|| {
+        PrometheusBuilder::new()
+            .with_http_listener(address)
+            .set_buckets_for_metric(
+                Matcher::Full("weir_commit_seconds".into()),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("weir_batch_records".into()),
+                    &[1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0],
+                )
+            })
+            .and_then(PrometheusBuilder::install)
+            .map(|()| address)
+            .map_err(|e| format!("cannot serve metrics at {address}: {e}"))
+    });
+    describe();
+    match result {
+        Ok(serving) if *serving == address => {
+            tracing::info!(%address, "serving Prometheus metrics at /metrics");
+            Ok(())
+        }
+        Ok(serving) => {
+            tracing::warn!(%address, %serving, "metrics are already served at another address in this process; using it");
+            Ok(())
+        }
+        Err(e) => Err(e.clone()),
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("weir_records_in_total", "Input records processed");
+    describe_counter!("weir_records_out_total", "Output records produced");
+    describe_counter!("weir_batches_total", "Batches handed to the operator");
+    describe_histogram!("weir_batch_records", Unit::Count, "Records per batch");
+    describe_counter!(
+        "weir_commits_total",
+        "Commits (transactions committed), by reason"
+    );
+    describe_histogram!(
+        "weir_commit_seconds",
+        Unit::Seconds,
+        "Time to commit a transaction (or, at_least_once, offsets)"
+    );
+    describe_counter!(
+        "weir_aborts_total",
+        "Transactions aborted (at_least_once: rewinds), by step"
+    );
+    describe_counter!(
+        "weir_fenced_total",
+        "Producer fencings (another instance took this transactional id)"
+    );
+    describe_counter!(
+        "weir_fatal_errors_total",
+        "Errors that stopped the application"
+    );
+    describe_counter!(
+        "weir_transient_errors_total",
+        "Transient Kafka errors, retried"
+    );
+    describe_counter!(
+        "weir_rebalances_total",
+        "Rebalance callbacks, by kind (assign, revoke, lost)"
+    );
+    describe_gauge!(
+        "weir_consumer_lag",
+        Unit::Count,
+        "Records between the committed offset and the end of the partition"
+    );
+    describe_gauge!(
+        "weir_restore_remaining_records",
+        Unit::Count,
+        "Changelog records left to restore"
+    );
+    describe_counter!("weir_restored_records_total", "Changelog records restored");
+    describe_counter!("weir_poison_skipped_total", "Poison records skipped");
+    describe_counter!(
+        "weir_dead_lettered_total",
+        "Poison records sent to the dead-letter topic"
+    );
+}
+
+/// Consumer lag per assigned partition: the partition's end (`ls_offset`, the last stable
+/// offset — the high watermark under read_uncommitted — from librdkafka's statistics JSON)
+/// minus the offset weir committed for it.
+pub(crate) fn consumer_lag(statistics: &[u8], committed: &BTreeMap<TopicPartition, i64>) {
+    let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+        tracing::debug!("unparseable librdkafka statistics");
+        return;
+    };
+    for (tp, offset) in committed {
+        let p = &stats["topics"][&tp.topic]["partitions"][tp.partition.to_string()];
+        let end = ["ls_offset", "hi_offset"]
+            .iter()
+            .filter_map(|k| p[k].as_i64())
+            .find(|o| *o >= 0);
+        if let Some(end) = end {
+            gauge!("weir_consumer_lag", "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
+                .set((end - offset).max(0) as f64);
+        }
+    }
+}
+
+pub(crate) fn fenced() {
+    counter!("weir_fenced_total").increment(1);
+}
 
 pub(crate) fn started(
     application_id: &str,
