@@ -708,3 +708,113 @@ fn the_kip848_consumer_protocol_shares_partitions_and_stays_exactly_once() {
     assert!(report.is_exactly_once(), "{report}");
     assert!(kafka.open_transactions(&output).is_empty());
 }
+
+/// A hand-written copier on the raw clients: reads partition 0 of `input` from the group's
+/// committed offset, and "crashes" (drops everything) after producing `crash_after` records of
+/// its first batch — committing the batch's offsets *before* producing when `commit_first`,
+/// never reaching the commit otherwise. `crash_after: None` runs to the end and commits after.
+fn raw_copy(
+    input: &str,
+    output: &str,
+    group: &str,
+    commit_first: bool,
+    crash_after: Option<usize>,
+) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let kafka = shared();
+    let consumer: BaseConsumer = weir_kafka::clients::base_config(kafka.bootstrap_servers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        weir_kafka::clients::base_config(kafka.bootstrap_servers())
+            .set("acks", "all")
+            .create()
+            .unwrap();
+    // Where the group's committed offset says (the bookmark), else the beginning.
+    let start = kafka.committed_offsets(group, input)[&0].unwrap_or(0);
+    let end = kafka.end_offsets(input, Isolation::ReadCommitted)[&0];
+    if start >= end {
+        return; // nothing left to read
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(input, 0, Offset::Offset(start))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut batch = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "reading {input}");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            batch.push((
+                m.offset(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+            ));
+            if m.offset() + 1 >= end {
+                break;
+            }
+        }
+    }
+    let commit = |next: i64| kafka.set_committed_offsets(group, input, &[(0, next)]);
+    let next = batch.last().unwrap().0 + 1;
+    if commit_first {
+        commit(next);
+    }
+    let process = crash_after.unwrap_or(batch.len());
+    for (_, key, value) in &batch[..process] {
+        let mut r = BaseRecord::<Vec<u8>, Vec<u8>>::to(output).partition(0);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        producer.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    if crash_after.is_some() {
+        return; // the crash: the rest of the batch is never processed
+    }
+    if !commit_first {
+        commit(next);
+    }
+}
+
+/// docs/offset-management.md, "commit only after processing": the same crash, two commit
+/// orders. Committing first (at-most-once) loses the records the crash interrupted; committing
+/// after processing (at-least-once, weir's order) loses nothing and repeats them instead.
+#[test]
+fn committing_offsets_before_processing_loses_records_and_after_does_not() {
+    let kafka = shared();
+    for commit_first in [true, false] {
+        let (input, output, group) = (unique("order-in"), unique("order-out"), unique("order"));
+        kafka.create_topic(&input, 1);
+        kafka.create_topic(&output, 1);
+        kafka.produce(&input, numbered(1, 100));
+        raw_copy(&input, &output, &group, commit_first, Some(40)); // crash after 40 of 100
+        raw_copy(&input, &output, &group, commit_first, None); // restart, run to the end
+        let report = verify_copy(
+            &kafka.read_to_end(&input, Isolation::ReadCommitted),
+            &kafka.read_to_end(&output, Isolation::ReadCommitted),
+        );
+        if commit_first {
+            assert_eq!(
+                report.lost.len(),
+                60,
+                "commit first: 60 records lost\n{report}"
+            );
+            assert!(report.duplicated.is_empty(), "{report}");
+        } else {
+            assert!(
+                report.lost.is_empty(),
+                "commit after: nothing lost\n{report}"
+            );
+            assert_eq!(report.duplicated.len(), 40, "{report}");
+        }
+    }
+}
