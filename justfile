@@ -21,8 +21,14 @@ lint:
     cargo fmt --all --check
     cargo clippy --all-targets -- -D warnings
 
-# Throughput of `mirror` under both guarantees on a local broker (a program, not a test).
+# weir vs the raw rdkafka ceiling vs Kafka Streams on one local broker (a program, not a test;
+# needs Java 17 and Maven for the Kafka Streams contender, or pass --skip-kstreams).
 bench *ARGS:
+    cargo build --release --examples
+    cargo run --release --example bench -- {{ARGS}}
+
+# Throughput of `mirror` in-process under both guarantees (a program, not a test).
+throughput *ARGS:
     cargo run --release --example throughput -- {{ARGS}}
 
 # What CI runs on a fresh machine.

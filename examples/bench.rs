@@ -1,0 +1,973 @@
+//! # bench — weir against the raw client (the ceiling) and Kafka Streams, on one broker
+//!
+//! `just bench` (a program, not a test). It starts a local broker (or uses
+//! `--bootstrap-servers`), preloads the datasets once — `--records-100b` records of 100 B,
+//! `--records-1kb` of 1 KB, and `--totals-records` payments over `--totals-keys` accounts —
+//! builds the Kafka Streams contender with Maven (`bench/kstreams`), and runs, one after the
+//! other, on the same data and broker, each as its own process:
+//!
+//! | contender | what |
+//! |---|---|
+//! | `ceiling` | a raw rdkafka copy: consume, produce (acks=all, idempotent), offsets committed async every interval; no transactions |
+//! | `weir-eos` | the `mirror` example, exactly_once |
+//! | `weir-alo` | the `mirror` example, at_least_once |
+//! | `kstreams-eos` | Kafka Streams 4.1 `stream(in).to(out)`, exactly_once_v2 |
+//! | `weir-totals` | the `totals` example (RocksDB store with changelog), exactly_once |
+//! | `kstreams-totals` | the same per-key totals in Kafka Streams (RocksDB store with changelog and the record cache), exactly_once_v2 |
+//!
+//! all at `--commit-interval-ms` (100), plus `weir-eos` at each `--sweep` interval (10, 1000 ms)
+//! on the 100 B data. Every run of a contender:
+//!
+//! 1. **throughput**: the contender drains the preloaded topic into a new output topic; a
+//!    read_committed reader times it from the first committed output to the last (start-up —
+//!    JVM, group join — excluded); CPU seconds and peak RSS of the contender's process are read
+//!    from /proc; then the whole output is verified record by record against the input
+//!    (`verify_copy` or `verify_totals`): a run that is not exactly-once is reported INVALID and
+//!    does not count;
+//! 2. **latency** (100 B and totals data): a new input topic, the contender started, records
+//!    produced at `--latency-rate` per second for `--latency-secs`, each stamped with its send
+//!    time; the reader takes `time seen committed − record timestamp` for each: p50 and p99.
+//!
+//! Runs repeat `--runs` times (3); the table shows medians and the ratios to the ceiling and to
+//! Kafka Streams from this same invocation; `--json FILE` (default
+//! `target/bench/bench-<unix time>.json`) gets every run.
+//!
+//! ```text
+//! just bench                                           # the defaults above, ~35 minutes
+//! just bench --records-100b 300000 --records-1kb 150000 --totals-records 150000 --runs 1
+//! ```
+//! The results and the machine they came from are in `docs/benchmarks.md`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use weir_kafka::clients::base_config;
+use weir_testkit::{
+    unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka, ReadRecord,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "weir vs the raw client ceiling vs Kafka Streams, on one broker")]
+struct Args {
+    /// Records of the 100-byte dataset (0: skip it).
+    #[arg(long, default_value_t = 2_000_000)]
+    records_100b: usize,
+    /// Records of the 1 KB dataset (0: skip it).
+    #[arg(long, default_value_t = 1_000_000)]
+    records_1kb: usize,
+    /// Payments of the totals dataset (0: skip it).
+    #[arg(long, default_value_t = 1_000_000)]
+    totals_records: usize,
+    /// Accounts (keys) of the totals dataset.
+    #[arg(long, default_value_t = 100_000)]
+    totals_keys: usize,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Runs per contender and dataset (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The commit interval of every contender, ms.
+    #[arg(long, default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// Extra commit intervals for weir-eos on the 100 B data, ms.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000", num_args = 0..)]
+    sweep: Vec<u64>,
+    /// Records per second in the latency runs.
+    #[arg(long, default_value_t = 5_000)]
+    latency_rate: u64,
+    /// Seconds of producing in the latency runs.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// Stream threads of the Kafka Streams contenders.
+    #[arg(long, default_value_t = 2)]
+    kstreams_threads: u32,
+    /// Run only these contenders (comma-separated names, e.g. `weir-eos,ceiling`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Leave Kafka Streams out (no Java/Maven needed).
+    #[arg(long)]
+    skip_kstreams: bool,
+    /// Where the JSON results go.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Use this cluster instead of starting a local broker.
+    #[arg(long, env = "WEIR_KAFKA_BOOTSTRAP")]
+    bootstrap_servers: Option<String>,
+    #[command(subcommand)]
+    worker: Option<Worker>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Worker {
+    /// (internal) The ceiling: a raw rdkafka copy, until SIGTERM.
+    #[command(hide = true)]
+    RawCopy {
+        bootstrap: String,
+        group: String,
+        input: String,
+        output: String,
+        commit_interval_ms: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Contender {
+    Ceiling,
+    WeirEos,
+    WeirAlo,
+    KstreamsEos,
+    WeirTotals,
+    KstreamsTotals,
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Ceiling => "ceiling",
+            Contender::WeirEos => "weir-eos",
+            Contender::WeirAlo => "weir-alo",
+            Contender::KstreamsEos => "kstreams-eos",
+            Contender::WeirTotals => "weir-totals",
+            Contender::KstreamsTotals => "kstreams-totals",
+        }
+    }
+
+    fn totals(self) -> bool {
+        matches!(self, Contender::WeirTotals | Contender::KstreamsTotals)
+    }
+}
+
+/// A preloaded input topic and its records (for verification).
+struct Dataset {
+    name: &'static str,
+    topic: String,
+    input: Vec<ReadRecord>,
+    value_bytes: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct Run {
+    records_per_s: f64,
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    exactly_once: bool,
+    problem: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    contender: Contender,
+    dataset: &'static str,
+    commit_interval_ms: u64,
+    runs: Vec<Run>,
+    median: Run,
+}
+
+#[derive(Serialize)]
+struct Results<'a> {
+    machine: String,
+    started_unix: u64,
+    args: String,
+    rows: &'a [Row],
+    ratios: &'a BTreeMap<String, f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Worker::RawCopy {
+        bootstrap,
+        group,
+        input,
+        output,
+        commit_interval_ms,
+    }) = &args.worker
+    {
+        return raw_copy(bootstrap, group, input, output, *commit_interval_ms);
+    }
+    common::init_tracing_with("warn,rdkafka=error");
+    let started_unix = now_ms() / 1000;
+    let _local;
+    let bootstrap = match &args.bootstrap_servers {
+        Some(b) => b.clone(),
+        None => {
+            println!("▶ starting a local Kafka broker");
+            let k = Kafka::start().context("starting a broker for the benchmark")?;
+            let b = k.bootstrap_servers().to_string();
+            _local = k;
+            b
+        }
+    };
+    let kafka = Kafka::start_with_bootstrap(&bootstrap);
+    let kstreams = if args.skip_kstreams {
+        None
+    } else {
+        Some(build_kstreams()?)
+    };
+
+    let mut datasets = Vec::new();
+    for (name, n, bytes) in [
+        ("100B", args.records_100b, 100),
+        ("1KB", args.records_1kb, 1024),
+        ("totals", args.totals_records, 0),
+    ] {
+        if n > 0 {
+            datasets.push(preload(&kafka, &args, name, n, bytes)?);
+        }
+    }
+
+    let mut rows = Vec::new();
+    for ds in &datasets {
+        let contenders: &[Contender] = if ds.name == "totals" {
+            &[Contender::WeirTotals, Contender::KstreamsTotals]
+        } else {
+            &[
+                Contender::Ceiling,
+                Contender::WeirEos,
+                Contender::WeirAlo,
+                Contender::KstreamsEos,
+            ]
+        };
+        let mut plan: Vec<(Contender, u64)> = contenders
+            .iter()
+            .filter(|c| {
+                kstreams.is_some()
+                    || !matches!(c, Contender::KstreamsEos | Contender::KstreamsTotals)
+            })
+            .map(|c| (*c, args.commit_interval_ms))
+            .collect();
+        if ds.name == "100B" {
+            plan.extend(args.sweep.iter().map(|ms| (Contender::WeirEos, *ms)));
+        }
+        plan.retain(|(c, _)| args.only.is_empty() || args.only.iter().any(|o| o == c.name()));
+        for (contender, interval) in plan {
+            let mut runs = Vec::new();
+            for i in 0..args.runs {
+                let launcher = Launcher {
+                    kafka: &kafka,
+                    kstreams: kstreams.as_deref(),
+                    threads: args.kstreams_threads,
+                    partitions: args.partitions,
+                    contender,
+                    interval,
+                };
+                let mut run = launcher.throughput(ds)?;
+                if ds.name != "1KB" {
+                    match launcher.latency(ds, args.latency_rate, args.latency_secs) {
+                        Ok((p50, p99)) => {
+                            run.latency_p50_ms = Some(p50);
+                            run.latency_p99_ms = Some(p99);
+                        }
+                        Err(e) => run.problem = Some(format!("latency run: {e:#}")),
+                    }
+                }
+                println!(
+                    "  {:<16} {:<7} {:>5} ms  run {}: {:>9.0} rec/s  cpu {:>6.1} s  rss {:>6.0} MiB  p50 {:>6} ms  p99 {:>6} ms  {}",
+                    contender.name(),
+                    ds.name,
+                    interval,
+                    i + 1,
+                    run.records_per_s,
+                    run.cpu_seconds,
+                    run.peak_rss_mib,
+                    fmt_opt(run.latency_p50_ms),
+                    fmt_opt(run.latency_p99_ms),
+                    if run.exactly_once { "verified exactly-once".to_string() } else { format!("INVALID: {}", run.problem.clone().unwrap_or_default()) }
+                );
+                runs.push(run);
+            }
+            let median = median(&runs);
+            rows.push(Row {
+                contender,
+                dataset: ds.name,
+                commit_interval_ms: interval,
+                runs,
+                median,
+            });
+        }
+    }
+
+    let ratios = ratios(&rows, args.commit_interval_ms);
+    print_table(&rows, &ratios);
+    let path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("target/bench/bench-{started_unix}.json")));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let results = Results {
+        machine: machine(),
+        started_unix,
+        args: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        rows: &rows,
+        ratios: &ratios,
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    println!("results: {}", path.display());
+    if rows.iter().flat_map(|r| &r.runs).any(|r| !r.exactly_once) {
+        bail!("some runs were not exactly-once (INVALID above)");
+    }
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}")
+}
+
+/// A producer for the datasets and the latency runs. Partitions by murmur2 of the key — Java's
+/// default partitioner — so every contender's output lands in the input's partition.
+fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(base_config(bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn value_for(ds_bytes: usize, i: usize, keys: usize) -> (String, String) {
+    if ds_bytes == 0 {
+        let k = (i * 7_919) % keys;
+        (
+            format!("acct-{k}"),
+            (((i * 37) % 20_001) as i64 - 10_000).to_string(),
+        )
+    } else {
+        let head = format!("{i}:");
+        (
+            format!("k{i}"),
+            format!("{head}{}", "x".repeat(ds_bytes.saturating_sub(head.len()))),
+        )
+    }
+}
+
+fn preload(
+    kafka: &Kafka,
+    args: &Args,
+    name: &'static str,
+    n: usize,
+    bytes: usize,
+) -> anyhow::Result<Dataset> {
+    let topic = unique(&format!("bench-{name}"));
+    kafka.create_topic(&topic, args.partitions);
+    println!("▶ preloading {n} records ({name}) into {topic}");
+    let p = producer(kafka.bootstrap_servers())?;
+    for i in 0..n {
+        let (k, v) = value_for(bytes, i, args.totals_keys);
+        let mut record = BaseRecord::<String, String>::to(&topic).key(&k).payload(&v);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((e, r))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("preloading {topic}: {e}"),
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    let input = kafka.read_to_end(&topic, Isolation::ReadCommitted);
+    anyhow::ensure!(input.len() == n, "preloaded {} of {n} records", input.len());
+    Ok(Dataset {
+        name,
+        topic,
+        input,
+        value_bytes: bytes,
+    })
+}
+
+/// Builds the Kafka Streams contender; returns its class path.
+fn build_kstreams() -> anyhow::Result<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kstreams");
+    println!(
+        "▶ building the Kafka Streams contender with Maven ({})",
+        dir.display()
+    );
+    let status = Command::new("mvn")
+        .args(["-q", "-B", "package", "dependency:copy-dependencies"])
+        .args(["-DoutputDirectory=target/deps", "-DincludeScope=runtime"])
+        .current_dir(&dir)
+        .status()
+        .context("running mvn (install Maven and Java 17, or pass --skip-kstreams)")?;
+    anyhow::ensure!(
+        status.success(),
+        "mvn failed in {} ({status})",
+        dir.display()
+    );
+    Ok(format!(
+        "{}:{}/*",
+        dir.join("target/classes").display(),
+        dir.join("target/deps").display()
+    ))
+}
+
+struct Launcher<'a> {
+    kafka: &'a Kafka,
+    kstreams: Option<&'a str>,
+    threads: u32,
+    partitions: i32,
+    contender: Contender,
+    interval: u64,
+}
+
+impl Launcher<'_> {
+    fn command(&self, app: &str, input: &str, output: &str, state: &Path) -> Command {
+        let bootstrap = self.kafka.bootstrap_servers();
+        let sibling = |name: &str| {
+            std::env::current_exe()
+                .expect("current_exe")
+                .with_file_name(name)
+        };
+        let interval = self.interval.to_string();
+        let mut cmd = match self.contender {
+            Contender::Ceiling => {
+                let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+                c.args(["raw-copy", bootstrap, app, input, output, &interval]);
+                c
+            }
+            Contender::WeirEos | Contender::WeirAlo | Contender::WeirTotals => {
+                let example = if self.contender == Contender::WeirTotals {
+                    "totals"
+                } else {
+                    "mirror"
+                };
+                let mut c = Command::new(sibling(example));
+                c.args(["--bootstrap-servers", bootstrap, "--application-id", app])
+                    .args(["--input-topic", input, "--output-topic", output])
+                    .arg("--state-dir")
+                    .arg(state)
+                    .args(["--commit-interval-ms", &interval])
+                    .args([
+                        "--guarantee",
+                        if self.contender == Contender::WeirAlo {
+                            "at_least_once"
+                        } else {
+                            "exactly_once"
+                        },
+                    ]);
+                // WEIR_BENCH_SET="k=v k=v": extra weir keys, for experiments.
+                for kv in std::env::var("WEIR_BENCH_SET")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    c.args(["--set", kv]);
+                }
+                c
+            }
+            Contender::KstreamsEos | Contender::KstreamsTotals => {
+                let mut c = Command::new("java");
+                c.args([
+                    "-cp",
+                    self.kstreams.unwrap_or_default(),
+                    "weir.bench.KStreamsBench",
+                ])
+                .arg(if self.contender.totals() {
+                    "totals"
+                } else {
+                    "mirror"
+                })
+                .args([
+                    bootstrap,
+                    app,
+                    input,
+                    output,
+                    &interval,
+                    &self.threads.to_string(),
+                ])
+                .arg(state);
+                c
+            }
+        };
+        // WEIR_BENCH_LOG: the contenders' RUST_LOG (e.g. to see weir's commits at debug).
+        let log =
+            std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn,librdkafka=error".into());
+        cmd.env("RUST_LOG", log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        cmd
+    }
+
+    fn throughput(&self, ds: &Dataset) -> anyhow::Result<Run> {
+        let (app, output) = (
+            unique(&format!("bench-{}", self.contender.name())),
+            unique("bench-out"),
+        );
+        self.kafka.create_topic(&output, self.partitions);
+        let state = std::env::temp_dir().join(unique("weir-bench-state"));
+        let n = ds.input.len();
+        let reader = Reader::start(
+            self.kafka.bootstrap_servers(),
+            &output,
+            self.partitions,
+            Some(n),
+        );
+        let child = ChildProcess::spawn(
+            self.contender.name(),
+            self.command(&app, &ds.topic, &output, &state),
+        );
+        let pid = child.id();
+        let seen = reader.wait(Duration::from_secs(900));
+        let (cpu, rss) = proc_usage(pid);
+        let status = child.terminate(Duration::from_secs(60));
+        let _ = std::fs::remove_dir_all(&state);
+        let mut run = Run {
+            cpu_seconds: cpu,
+            peak_rss_mib: rss,
+            ..Run::default()
+        };
+        let Some(seen) = seen else {
+            run.problem = Some(format!(
+                "the output did not reach {n} records in 900 s (exit: {status})"
+            ));
+            return Ok(run);
+        };
+        run.seconds = seen.last.duration_since(seen.first).as_secs_f64();
+        run.records_per_s = (n - seen.first_count) as f64 / run.seconds.max(1e-9);
+        let out = self.kafka.read_to_end(&output, Isolation::ReadCommitted);
+        let report = if self.contender.totals() {
+            verify_totals(&ds.input, &out)
+        } else {
+            verify_copy(&ds.input, &out)
+        };
+        run.exactly_once = report.is_exactly_once();
+        if !run.exactly_once {
+            run.problem = Some(
+                report
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        let _ = self.kafka.admin().delete_topics(&[output.as_str()]);
+        Ok(run)
+    }
+
+    /// p50 and p99 of (seen committed − record timestamp), in ms, at `rate` records/s.
+    fn latency(&self, ds: &Dataset, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
+        let (app, input, output) = (
+            unique(&format!("bench-lat-{}", self.contender.name())),
+            unique("bench-lat-in"),
+            unique("bench-lat-out"),
+        );
+        self.kafka.create_topic(&input, self.partitions);
+        self.kafka.create_topic(&output, self.partitions);
+        let state = std::env::temp_dir().join(unique("weir-bench-state"));
+        let p = producer(self.kafka.bootstrap_servers())?;
+        let send = |i: usize| -> anyhow::Result<()> {
+            let (k, v) = value_for(ds.value_bytes, i, 1_000);
+            p.send(
+                BaseRecord::to(&input)
+                    .key(&k)
+                    .payload(&v)
+                    .timestamp(now_ms() as i64),
+            )
+            .map_err(|(e, _)| e)?;
+            Ok(())
+        };
+        // Warm-up: the contender is running and has its partitions once these come out.
+        let warmup = 100;
+        let total = warmup + (rate * secs) as usize;
+        let reader = Reader::start(
+            self.kafka.bootstrap_servers(),
+            &output,
+            self.partitions,
+            Some(total),
+        );
+        let child = ChildProcess::spawn(
+            self.contender.name(),
+            self.command(&app, &input, &output, &state),
+        );
+        for i in 0..warmup {
+            send(i)?;
+        }
+        p.flush(Duration::from_secs(30))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while reader.count() < warmup {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the warm-up records did not come out in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        for i in warmup..total {
+            let due = started + Duration::from_secs_f64((i - warmup) as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            send(i)?;
+        }
+        p.flush(Duration::from_secs(30))?;
+        let seen = reader.wait(Duration::from_secs(120));
+        let _ = child.terminate(Duration::from_secs(60));
+        let _ = std::fs::remove_dir_all(&state);
+        let _ = self
+            .kafka
+            .admin()
+            .delete_topics(&[input.as_str(), output.as_str()]);
+        let Some(seen) = seen else {
+            bail!("not every latency record came out within 120 s");
+        };
+        let mut lat: Vec<f64> = seen.latencies_ms[warmup.min(seen.latencies_ms.len())..].to_vec();
+        anyhow::ensure!(!lat.is_empty(), "no latency samples");
+        lat.sort_by(f64::total_cmp);
+        let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
+        Ok((q(0.50), q(0.99)))
+    }
+}
+
+/// What the output reader saw.
+struct Seen {
+    first: Instant,
+    first_count: usize,
+    last: Instant,
+    latencies_ms: Vec<f64>,
+}
+
+/// A read_committed reader of an output topic, on its own thread, from the beginning.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    handle: std::thread::JoinHandle<Option<Seen>>,
+}
+
+impl Reader {
+    fn start(bootstrap: &str, topic: &str, partitions: i32, target: Option<usize>) -> Self {
+        let consumer: BaseConsumer = base_config(bootstrap)
+            .set("group.id", unique("bench-reader"))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assign");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c) = (Arc::clone(&stop), Arc::clone(&count));
+        let handle = std::thread::spawn(move || {
+            let mut first: Option<(Instant, usize)> = None;
+            let mut latencies = Vec::new();
+            let mut n = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let now = Instant::now();
+                n += 1;
+                c.store(n, Ordering::Relaxed);
+                if let Some(ts) = m.timestamp().to_millis() {
+                    latencies.push(now_ms() as f64 - ts as f64);
+                }
+                if first.is_none() {
+                    first = Some((now, n));
+                }
+                if target.is_some_and(|t| n >= t) {
+                    let (first, first_count) = first.expect("set");
+                    return Some(Seen {
+                        first,
+                        first_count,
+                        last: now,
+                        latencies_ms: latencies,
+                    });
+                }
+            }
+            None
+        });
+        Self {
+            stop,
+            count,
+            handle,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn wait(self, timeout: Duration) -> Option<Seen> {
+        let deadline = Instant::now() + timeout;
+        while !self.handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().ok().flatten()
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS (MiB) of a live process, from /proc.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start after ") ".
+            let rest = s.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split(' ').collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(f64::NAN);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(f64::NAN);
+    (cpu, rss)
+}
+
+fn median(runs: &[Run]) -> Run {
+    let valid: Vec<&Run> = runs.iter().filter(|r| r.exactly_once).collect();
+    let med = |f: &dyn Fn(&Run) -> Option<f64>| -> Option<f64> {
+        let mut v: Vec<f64> = valid
+            .iter()
+            .filter_map(|r| f(r))
+            .filter(|x| x.is_finite())
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    };
+    Run {
+        records_per_s: med(&|r| Some(r.records_per_s)).unwrap_or(0.0),
+        seconds: med(&|r| Some(r.seconds)).unwrap_or(0.0),
+        cpu_seconds: med(&|r| Some(r.cpu_seconds)).unwrap_or(f64::NAN),
+        peak_rss_mib: med(&|r| Some(r.peak_rss_mib)).unwrap_or(f64::NAN),
+        latency_p50_ms: med(&|r| r.latency_p50_ms),
+        latency_p99_ms: med(&|r| r.latency_p99_ms),
+        exactly_once: !valid.is_empty() && valid.len() == runs.len(),
+        problem: (valid.len() != runs.len()).then(|| {
+            format!(
+                "{} of {} runs invalid",
+                runs.len() - valid.len(),
+                runs.len()
+            )
+        }),
+    }
+}
+
+fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, f64> {
+    let get = |c: Contender, ds: &str| {
+        rows.iter()
+            .find(|r| r.contender == c && r.dataset == ds && r.commit_interval_ms == interval)
+            .map(|r| r.median.clone())
+    };
+    let mut out = BTreeMap::new();
+    for ds in ["100B", "1KB"] {
+        if let (Some(w), Some(c)) = (get(Contender::WeirEos, ds), get(Contender::Ceiling, ds)) {
+            out.insert(
+                format!("weir-eos/ceiling {ds}"),
+                w.records_per_s / c.records_per_s,
+            );
+        }
+        if let (Some(w), Some(c)) = (get(Contender::WeirAlo, ds), get(Contender::Ceiling, ds)) {
+            out.insert(
+                format!("weir-alo/ceiling {ds}"),
+                w.records_per_s / c.records_per_s,
+            );
+        }
+        if let (Some(w), Some(k)) = (get(Contender::WeirEos, ds), get(Contender::KstreamsEos, ds)) {
+            out.insert(
+                format!("weir-eos/kstreams-eos {ds}"),
+                w.records_per_s / k.records_per_s,
+            );
+        }
+    }
+    if let (Some(w), Some(k)) = (
+        get(Contender::WeirTotals, "totals"),
+        get(Contender::KstreamsTotals, "totals"),
+    ) {
+        out.insert(
+            "weir-totals/kstreams-totals".into(),
+            w.records_per_s / k.records_per_s,
+        );
+    }
+    if let Some(w) = get(Contender::WeirEos, "100B") {
+        if let Some(p99) = w.latency_p99_ms {
+            out.insert(
+                "weir-eos p99 / commit interval".into(),
+                p99 / interval as f64,
+            );
+        }
+    }
+    out
+}
+
+fn print_table(rows: &[Row], ratios: &BTreeMap<String, f64>) {
+    println!();
+    println!(
+        "{:<16} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}  {}",
+        "contender",
+        "data",
+        "commit ms",
+        "records/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu s",
+        "rss MiB",
+        "verified"
+    );
+    for r in rows {
+        let m = &r.median;
+        println!(
+            "{:<16} {:<7} {:>9} {:>12.0} {:>9} {:>9} {:>9.1} {:>9.0}  {}",
+            r.contender.name(),
+            r.dataset,
+            r.commit_interval_ms,
+            m.records_per_s,
+            fmt_opt(m.latency_p50_ms),
+            fmt_opt(m.latency_p99_ms),
+            m.cpu_seconds,
+            m.peak_rss_mib,
+            if m.exactly_once {
+                "exactly-once".to_string()
+            } else {
+                m.problem.clone().unwrap_or_default()
+            }
+        );
+    }
+    println!();
+    for (k, v) in ratios {
+        println!("{k:<34} {v:.2}");
+    }
+}
+
+/// The ceiling: consume, produce (acks=all, idempotent), commit offsets asynchronously every
+/// interval — the same work as mirror without transactions. Runs until SIGTERM.
+fn raw_copy(
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    interval_ms: u64,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::CommitMode;
+    let consumer: BaseConsumer = base_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = base_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook_flag(&term);
+    let mut last_commit = Instant::now();
+    while !term.load(Ordering::Relaxed) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let mut r = BaseRecord::<[u8], [u8]>::to(output).partition(m.partition());
+            if let Some(k) = m.key() {
+                r = r.key(k);
+            }
+            if let Some(v) = m.payload() {
+                r = r.payload(v);
+            }
+            if let Some(ts) = m.timestamp().to_millis() {
+                r = r.timestamp(ts);
+            }
+            let mut r = r;
+            loop {
+                match producer.send(r) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        r = back;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
+            consumer.store_offset_from_message(&m)?;
+        }
+        if last_commit.elapsed() >= Duration::from_millis(interval_ms) {
+            // Offsets of records handed to the producer (a crash may lose in-flight outputs:
+            // the ceiling gives no guarantee beyond at-most/at-least-once).
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    Ok(())
+}
+
+/// Sets `flag` on SIGTERM or SIGINT.
+fn signal_hook_flag(flag: &Arc<AtomicBool>) {
+    let flag = Arc::clone(flag);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    });
+}
