@@ -520,6 +520,17 @@ impl Launcher<'_> {
                 c
             }
         };
+        // WEIR_BENCH_WRAP="perf record -g -o /tmp/weir.perf --": run the contender under a
+        // profiler (its CPU and RSS figures are then the wrapper's).
+        if let Ok(wrap) = std::env::var("WEIR_BENCH_WRAP") {
+            let mut parts: Vec<String> = wrap.split_whitespace().map(String::from).collect();
+            if !parts.is_empty() {
+                let program = parts.remove(0);
+                let mut wrapped = Command::new(program);
+                wrapped.args(parts).arg(cmd.get_program()).args(cmd.get_args());
+                cmd = wrapped;
+            }
+        }
         // WEIR_BENCH_LOG: the contenders' RUST_LOG (e.g. to see weir's commits at debug).
         let log =
             std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn,librdkafka=error".into());
