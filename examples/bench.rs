@@ -527,7 +527,10 @@ impl Launcher<'_> {
             if !parts.is_empty() {
                 let program = parts.remove(0);
                 let mut wrapped = Command::new(program);
-                wrapped.args(parts).arg(cmd.get_program()).args(cmd.get_args());
+                wrapped
+                    .args(parts)
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
                 cmd = wrapped;
             }
         }
