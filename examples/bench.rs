@@ -308,7 +308,6 @@ fn main() -> anyhow::Result<()> {
     print_table(&rows, &ratios);
     let path = args
         .json
-        .clone()
         .unwrap_or_else(|| PathBuf::from(format!("target/bench/bench-{started_unix}.json")));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -864,16 +863,8 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, f64> {
 fn print_table(rows: &[Row], ratios: &BTreeMap<String, f64>) {
     println!();
     println!(
-        "{:<16} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}  {}",
-        "contender",
-        "data",
-        "commit ms",
-        "records/s",
-        "p50 ms",
-        "p99 ms",
-        "cpu s",
-        "rss MiB",
-        "verified"
+        "{:<16} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}  verified",
+        "contender", "data", "commit ms", "records/s", "p50 ms", "p99 ms", "cpu s", "rss MiB",
     );
     for r in rows {
         let m = &r.median;
