@@ -4,10 +4,11 @@
 //!
 //! 1. starts a local Apache Kafka broker (KRaft, from Maven Central; or uses
 //!    `--bootstrap-servers` / `WEIR_KAFKA_BOOTSTRAP`),
-//! 2. creates an input and an output topic (3 partitions each) and produces `--records` records,
-//! 3. runs the `mirror` pipeline (exactly_once, 100 ms commit interval) as a child process and
-//!    kills it with SIGKILL `--kills` times at random moments — mid-transaction — restarting it
-//!    each time, while a progress bar follows the group's committed offsets,
+//! 2. creates an input and an output topic (3 partitions each),
+//! 3. runs the `mirror` pipeline (exactly_once, 100 ms commit interval) as a child process,
+//!    feeds it `--records` records in chunks, and kills it with SIGKILL `--kills` times at
+//!    random moments while it is busy with a chunk — mid-transaction — restarting it each time,
+//!    while a progress bar follows the group's committed offsets,
 //! 4. stops it with SIGTERM, reads the output back with `read_committed`, and checks every
 //!    record: present once, in its partition, in input order;
 //! 5. then state: runs `totals` (a running count/sum/min/max per account in RocksDB, with a
@@ -225,7 +226,6 @@ fn copy_act(args: &Args, kafka: &Kafka) -> anyhow::Result<()> {
     kafka.create_topic(&input, 3);
     kafka.create_topic(&output, 3);
 
-    println!("▶ producing {} records to {input}", args.records);
     let records: Vec<TestRecord> = (0..args.records)
         .map(|i| {
             let p = (i % 3) as i32;
@@ -236,7 +236,6 @@ fn copy_act(args: &Args, kafka: &Kafka) -> anyhow::Result<()> {
             )
         })
         .collect();
-    kafka.produce(&input, records);
     let pipeline = Pipeline {
         bootstrap: kafka.bootstrap_servers(),
         app: unique("demo-mirror"),
@@ -250,28 +249,31 @@ fn copy_act(args: &Args, kafka: &Kafka) -> anyhow::Result<()> {
         "▶ running the exactly-once mirror pipeline, and killing it {} times with SIGKILL",
         args.kills
     );
+    println!(
+        "▶ feeding {} records to {input} in chunks while the mirror runs",
+        args.records
+    );
     let bar = committed_bar(args.records as u64);
     let started = Instant::now();
     let mut child = pipeline.start();
-    // Kill points: one random moment within each of `kills` equal stretches of the run (by
-    // records committed), so every kill happens however fast the machine is.
+    // The input arrives in chunks while the pipeline runs; a kill comes a random moment after
+    // a chunk, while the pipeline is busy with it (mid-transaction), so every kill happens
+    // however fast the machine is.
     let mut rng = rand::rng();
-    let stretch = 0.8 / args.kills.max(1) as f64;
-    let kill_at: Vec<u64> = (0..args.kills)
-        .map(|k| {
-            let f = 0.1 + stretch * (k as f64 + rng.random_range(0.2..0.8));
-            (f * args.records as f64) as u64
-        })
+    let chunks = 10.max(args.kills + 1);
+    let kill_after: Vec<usize> = (1..=args.kills)
+        .map(|k| k * chunks / (args.kills + 1) - 1)
         .collect();
     let mut kills = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(20));
-        let done = pipeline.committed(kafka);
-        bar.set_position(done);
-        if done >= args.records as u64 {
-            break;
-        }
-        if kills < args.kills && done >= kill_at[kills] {
+    for (i, chunk) in records
+        .chunks(args.records.div_ceil(chunks).max(1))
+        .enumerate()
+    {
+        kafka.produce(&input, chunk.to_vec());
+        for _ in kill_after.iter().filter(|&&c| c == i) {
+            std::thread::sleep(Duration::from_millis(rng.random_range(50..300)));
+            let done = pipeline.committed(kafka);
+            bar.set_position(done);
             child.kill();
             kills += 1;
             bar.suspend(|| {
@@ -279,8 +281,9 @@ fn copy_act(args: &Args, kafka: &Kafka) -> anyhow::Result<()> {
             });
             child = pipeline.start();
         }
+        bar.set_position(pipeline.committed(kafka));
     }
-    bar.finish_with_message("✔");
+    wait_committed_with(kafka, &pipeline, args.records as u64, &bar)?;
     let elapsed = started.elapsed();
     let status = child.terminate(Duration::from_secs(30));
     anyhow::ensure!(
@@ -330,7 +333,15 @@ fn payments(from: usize, to: usize, accounts: usize) -> Vec<TestRecord> {
 
 /// Waits until `pipeline` has committed `target` input records, with a bar.
 fn wait_committed(kafka: &Kafka, pipeline: &Pipeline<'_>, target: u64) -> anyhow::Result<()> {
-    let bar = committed_bar(target);
+    wait_committed_with(kafka, pipeline, target, &committed_bar(target))
+}
+
+fn wait_committed_with(
+    kafka: &Kafka,
+    pipeline: &Pipeline<'_>,
+    target: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = pipeline.committed(kafka);
