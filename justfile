@@ -12,9 +12,10 @@ test:
 demo *ARGS:
     cargo run --example demo -- {{ARGS}}
 
-# Start a Kafka broker (the test kit's launcher) and print its bootstrap address.
-kafka:
-    cargo run -q -p weir-testkit --bin weir-kafka
+# Start a Kafka broker (the test kit's launcher) and print its bootstrap address;
+# e.g. `just kafka --topic payments:3 --topic totals:3 --payments payments:50000`.
+kafka *ARGS:
+    cargo run -q -p weir-testkit --bin weir-kafka -- {{ARGS}}
 
 # Formatting and lints, as CI wants them.
 lint:
