@@ -145,42 +145,11 @@ impl Cluster {
         group: &str,
         topics: &BTreeMap<String, i32>,
     ) -> anyhow::Result<BTreeMap<(String, i32), Committed>> {
-        let client = self.group_client(group)?;
-        let mut tpl = TopicPartitionList::new();
-        for (t, n) in topics {
-            for p in 0..*n {
-                tpl.add_partition(t, p);
-            }
-        }
-        if tpl.count() == 0 {
-            return Ok(BTreeMap::new());
-        }
-        let deadline = Instant::now() + self.timeout;
-        let committed = loop {
-            match client.committed_offsets(tpl.clone(), self.timeout) {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, group, "committed offsets; retrying");
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("fetching group {group:?}'s offsets"))
-                }
-            }
-        };
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((
-                    (e.topic().to_string(), e.partition()),
-                    Committed {
-                        offset: o,
-                        metadata: e.metadata().to_string(),
-                    },
-                )),
-                _ => None,
-            })
+        Ok(self
+            .admin
+            .committed(group, topics)?
+            .into_iter()
+            .map(|(tp, (offset, metadata))| (tp, Committed { offset, metadata }))
             .collect())
     }
 

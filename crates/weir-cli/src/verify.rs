@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use weir_kafka::clients::base_config;
@@ -202,20 +202,7 @@ fn read(cluster: &Cluster, topic: &str, live: Option<Duration>) -> anyhow::Resul
                     }
                     bar.set_position(position.values().sum::<i64>().max(0) as u64);
                 }
-                out.push(ReadRecord {
-                    partition: p,
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
+                out.push(ReadRecord::from_message(&m));
             }
         }
     }

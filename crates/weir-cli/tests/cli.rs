@@ -53,6 +53,13 @@ fn fails(args: &[&str], code: i32) -> String {
     stderr(&o)
 }
 
+/// `offsets reset --group GROUP` and `rest`.
+fn reset<'a>(group: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["offsets", "reset", "--group", group];
+    args.extend_from_slice(rest);
+    args
+}
+
 fn json(args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend_from_slice(&[
@@ -186,15 +193,7 @@ fn groups_describe_and_lag_show_a_live_pipeline_and_reset_is_refused_while_it_ru
 
     // A running member would overwrite new offsets: refused, naming it.
     let err = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &p.app,
-            "--all-topics",
-            "--to-earliest",
-            "--execute",
-        ],
+        &reset(&p.app, &["--all-topics", "--to-earliest", "--execute"]),
         2,
     );
     assert!(
@@ -242,7 +241,7 @@ fn every_reset_mode_plans_dry_runs_exports_and_executes() {
     kafka.produce(&topic, numbered(2, 30));
     kafka.set_committed_offsets(&group, &topic, &[(0, 60), (1, 70)]);
     let plan = |mode: &[&str]| -> Vec<i64> {
-        let mut args = vec!["offsets", "reset", "--group", &group, "--all-topics"];
+        let mut args = reset(&group, &["--all-topics"]);
         args.extend_from_slice(mode);
         let v = json(&args);
         v["moves"]
@@ -260,15 +259,7 @@ fn every_reset_mode_plans_dry_runs_exports_and_executes() {
     assert_eq!(plan(&["--to-datetime", &between]), [50, 50]);
     assert_eq!(plan(&["--by-duration", "PT1H"]), [0, 0]);
     // Out of range: clamped, with a warning.
-    let o = weir(&[
-        "offsets",
-        "reset",
-        "--group",
-        &group,
-        "--all-topics",
-        "--shift-by",
-        "30",
-    ]);
+    let o = weir(&reset(&group, &["--all-topics", "--shift-by", "30"]));
     assert!(o.status.success());
     assert!(
         stderr(&o).contains("offset 90 is out of range [0, 80]"),
@@ -287,58 +278,36 @@ fn every_reset_mode_plans_dry_runs_exports_and_executes() {
     );
 
     // Scope: one partition only.
-    let one = json(&[
-        "offsets",
-        "reset",
-        "--group",
+    let one = json(&reset(
         &group,
-        "--topic",
-        &format!("{topic}:1"),
-        "--to-earliest",
-    ]);
+        &["--topic", &format!("{topic}:1"), "--to-earliest"],
+    ));
     assert_eq!(one["moves"].as_array().unwrap().len(), 1, "{one}");
     assert_eq!(one["moves"][0]["partition"], 1);
 
     // Export, edit, apply from the file.
-    let csv = ok(&[
-        "offsets",
-        "reset",
-        "--group",
+    let csv = ok(&reset(
         &group,
-        "--all-topics",
-        "--shift-by",
-        "-10",
-        "--export",
-    ]);
+        &["--all-topics", "--shift-by", "-10", "--export"],
+    ));
     assert_eq!(csv, format!("{topic},0,50\n{topic},1,60\n"));
     let file = std::env::temp_dir()
         .join(unique("weir-plan"))
         .with_extension("csv");
     std::fs::write(&file, csv.replace(",60\n", ",33\n")).unwrap();
-    let done = ok(&[
-        "offsets",
-        "reset",
-        "--group",
+    let done = ok(&reset(
         &group,
-        "--from-file",
-        file.to_str().unwrap(),
-        "--execute",
-    ]);
+        &["--from-file", file.to_str().unwrap(), "--execute"],
+    ));
     assert!(done.contains("done: group"), "{done}");
     assert_eq!(
         kafka.committed_offsets(&group, &topic),
         [(0, Some(50)), (1, Some(33))].into()
     );
-    ok(&[
-        "offsets",
-        "reset",
-        "--group",
+    ok(&reset(
         &group,
-        "--topic",
-        &topic,
-        "--to-latest",
-        "--execute",
-    ]);
+        &["--topic", &topic, "--to-latest", "--execute"],
+    ));
     assert_eq!(
         kafka.committed_offsets(&group, &topic),
         [(0, Some(80)), (1, Some(80))].into()
@@ -387,74 +356,32 @@ fn bad_input_gets_a_clear_error() {
     let e = fails(&["offsets", "describe", "--group", "no-such-group-ever"], 2);
     assert!(e.contains("group \"no-such-group-ever\" not found"), "{e}");
     let e = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &group,
-            "--topic",
-            "no-such-topic",
-            "--to-earliest",
-        ],
+        &reset(&group, &["--topic", "no-such-topic", "--to-earliest"]),
         2,
     );
     assert!(e.contains("\"no-such-topic\" does not exist"), "{e}");
     let e = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &group,
-            "--topic",
-            &format!("{topic}:4"),
-            "--to-earliest",
-        ],
+        &reset(&group, &["--topic", &format!("{topic}:4"), "--to-earliest"]),
         2,
     );
     assert!(e.contains("there is no partition 4"), "{e}");
     let e = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &group,
-            "--all-topics",
-            "--to-datetime",
-            "last tuesday",
-        ],
+        &reset(&group, &["--all-topics", "--to-datetime", "last tuesday"]),
         2,
     );
     assert!(e.contains("invalid --to-datetime \"last tuesday\""), "{e}");
-    let e = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &group,
-            "--all-topics",
-            "--by-duration",
-            "15m",
-        ],
-        2,
-    );
+    let e = fails(&reset(&group, &["--all-topics", "--by-duration", "15m"]), 2);
     assert!(e.contains("invalid --by-duration"), "{e}");
-    let e = fails(&["offsets", "reset", "--group", &group, "--to-earliest"], 2);
+    let e = fails(&reset(&group, &["--to-earliest"]), 2);
     assert!(e.contains("--all-topics, or --topic"), "{e}");
-    let e = fails(&["offsets", "reset", "--group", &group, "--all-topics"], 2);
+    let e = fails(&reset(&group, &["--all-topics"]), 2);
     assert!(e.contains("required"), "clap names the missing mode: {e}");
     let bad_file = std::env::temp_dir()
         .join(unique("weir-bad"))
         .with_extension("csv");
     std::fs::write(&bad_file, format!("{topic},0,1\n{topic},zero,1\n")).unwrap();
     let e = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &group,
-            "--from-file",
-            bad_file.to_str().unwrap(),
-        ],
+        &reset(&group, &["--from-file", bad_file.to_str().unwrap()]),
         2,
     );
     assert!(e.contains(":2: expected `topic,partition,offset`"), "{e}");
@@ -562,16 +489,7 @@ fn a_stateful_reset_needs_reset_state_and_then_totals_restart_from_the_new_posit
 
     // Moving a stateful application's offsets alone is refused, with the reason.
     let e = fails(
-        &[
-            "offsets",
-            "reset",
-            "--group",
-            &p.app,
-            "--all-topics",
-            "--to-offset",
-            "400",
-            "--execute",
-        ],
+        &reset(&p.app, &["--all-topics", "--to-offset", "400", "--execute"]),
         2,
     );
     assert!(e.contains("is a stateful weir application"), "{e}");
@@ -579,17 +497,16 @@ fn a_stateful_reset_needs_reset_state_and_then_totals_restart_from_the_new_posit
     let changelog = format!("{}-totals-changelog", p.app);
     assert!(e.contains(&changelog), "{e}");
 
-    let out = ok(&[
-        "offsets",
-        "reset",
-        "--group",
+    let out = ok(&reset(
         &p.app,
-        "--all-topics",
-        "--to-offset",
-        "400",
-        "--reset-state",
-        "--execute",
-    ]);
+        &[
+            "--all-topics",
+            "--to-offset",
+            "400",
+            "--reset-state",
+            "--execute",
+        ],
+    ));
     assert!(out.contains("deleted") && out.contains(&changelog), "{out}");
     let inspect = json(&[
         "state",

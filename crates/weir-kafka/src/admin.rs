@@ -50,6 +50,9 @@ pub enum AdminError {
     },
 }
 
+/// Committed offsets by (topic, partition): the offset and its metadata.
+pub type CommittedOffsets = BTreeMap<(String, i32), (i64, String)>;
+
 /// A topic to create.
 #[derive(Clone, Debug)]
 pub struct TopicSpec {
@@ -281,16 +284,35 @@ impl Admin {
         topic: &str,
     ) -> Result<BTreeMap<i32, Option<i64>>, AdminError> {
         let partitions = self.partition_count(topic)?;
+        let committed =
+            self.committed(group, &BTreeMap::from([(topic.to_string(), partitions)]))?;
+        Ok((0..partitions)
+            .map(|p| (p, committed.get(&(topic.to_string(), p)).map(|c| c.0)))
+            .collect())
+    }
+
+    /// The offsets (and their metadata) group `group` has committed on the given topics (with
+    /// their partition counts); partitions without a commit are left out.
+    pub fn committed(
+        &self,
+        group: &str,
+        topics: &BTreeMap<String, i32>,
+    ) -> Result<CommittedOffsets, AdminError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partitions) in topics {
+            for p in 0..*partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(BTreeMap::new());
+        }
         let client: BaseConsumer = base_config(&self.bootstrap)
             .set("group.id", group)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .create()
             .map_err(self.err("creating an offsets client"))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(topic, p);
-        }
         // Right after a broker starts, the group coordinator may still be loading: retry
         // until the timeout.
         let deadline = std::time::Instant::now() + self.timeout;
@@ -307,12 +329,12 @@ impl Admin {
         Ok(committed
             .elements()
             .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                (e.partition(), offset)
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((
+                    (e.topic().to_string(), e.partition()),
+                    (o, e.metadata().to_string()),
+                )),
+                _ => None,
             })
             .collect())
     }

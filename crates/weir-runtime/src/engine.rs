@@ -646,24 +646,9 @@ impl Engine {
             return Ok(None);
         }
         failpoint("after_produce");
-        let commits = self.state_commits()?;
+        let (commits, marks) = self.state_commits()?;
         if !offsets.is_empty() {
-            let tpl = to_tpl(&offsets);
-            // The commit's sequence number rides in the offsets' metadata: recovery asks
-            // Kafka "did this commit happen?" (DESIGN.md, "Recovery").
-            // So does the task's state generation, if an offset reset with --reset-state set one.
-            for (task, seq, _) in &commits {
-                let reset = self
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.meta(*task).ok().flatten())
-                    .and_then(|m| m.reset);
-                for mut e in tpl.elements() {
-                    if e.partition() == *task {
-                        e.set_metadata(Marks::format(*seq, reset));
-                    }
-                }
-            }
+            let tpl = to_commit_tpl(&offsets, &marks);
             let Some(group) = self.consumer().group_metadata() else {
                 let err = RuntimeError::Internal(
                     "the consumer has no group metadata for send_offsets_to_transaction".into(),
@@ -775,7 +760,7 @@ impl Engine {
         if !self.produce_changelog().await? {
             return Ok(None);
         }
-        let commits = self.state_commits()?;
+        let (commits, marks) = self.state_commits()?;
         let producer = Arc::clone(&self.producer);
         let flushed = blocking(move || {
             drain(&producer);
@@ -808,7 +793,7 @@ impl Engine {
             self.delivery.reset();
             return Ok(Some(offsets));
         }
-        let tpl = to_tpl(&offsets);
+        let tpl = to_commit_tpl(&offsets, &marks);
         let consumer = self.consumer();
         match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
             Ok(()) => {
@@ -1115,8 +1100,12 @@ impl Engine {
         result
     }
 
-    /// Copies the committed offsets of the assigned partitions for the consumer-lag gauge.
+    /// Copies the committed offsets of the assigned partitions for the consumer-lag gauge,
+    /// which exists only with `metrics.address`.
     fn publish_committed(&self) {
+        if self.config.metrics_address.is_none() {
+            return;
+        }
         let mut view = self
             .committed_view
             .lock()
@@ -1240,18 +1229,22 @@ impl Engine {
     }
 
     /// The state side of a commit: per task with new offsets, its next sequence number and
-    /// target offsets.
-    fn state_commits(&self) -> Result<Vec<TaskCommit>, RuntimeError> {
+    /// target offsets; and per task the metadata its committed offsets carry — the sequence
+    /// number (recovery asks Kafka "did this commit happen?", DESIGN.md "Recovery") and the
+    /// task's state generation, if an offset reset with --reset-state set one.
+    fn state_commits(&self) -> Result<(Vec<TaskCommit>, BTreeMap<i32, String>), RuntimeError> {
+        let mut commits = Vec::new();
+        let mut marks = BTreeMap::new();
         let Some(state) = &self.state else {
-            return Ok(Vec::new());
+            return Ok((commits, marks));
         };
-        by_task(&self.positions)
-            .into_iter()
-            .map(|(task, offsets)| {
-                let seq = state.meta(task)?.map_or(0, |m| m.seq) + 1;
-                Ok((task, seq, offsets))
-            })
-            .collect()
+        for (task, offsets) in by_task(&self.positions) {
+            let meta = state.meta(task)?.unwrap_or_default();
+            let seq = meta.seq + 1;
+            marks.insert(task, Marks::format(seq, meta.reset));
+            commits.push((task, seq, offsets));
+        }
+        Ok((commits, marks))
     }
 
     /// Step 3d: apply the committed delta with its offsets and changelog positions.
@@ -1300,6 +1293,20 @@ fn to_tpl(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
     for (tp, o) in offsets {
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o))
             .expect("a concrete offset is always valid");
+    }
+    tpl
+}
+
+/// The offsets to commit, each with its task's metadata (see `Engine::state_commits`).
+fn to_commit_tpl(
+    offsets: &[(TopicPartition, i64)],
+    marks: &BTreeMap<i32, String>,
+) -> TopicPartitionList {
+    let tpl = to_tpl(offsets);
+    for mut e in tpl.elements() {
+        if let Some(m) = marks.get(&e.partition()) {
+            e.set_metadata(m.clone());
+        }
     }
     tpl
 }

@@ -58,6 +58,24 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
+    /// A copy of a message as read from Kafka.
+    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// The key as text (lossy).
     pub fn key_text(&self) -> String {
         String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
@@ -113,23 +131,6 @@ impl rdkafka::ClientContext for EofIsNormal {
 }
 
 impl rdkafka::consumer::ConsumerContext for EofIsNormal {}
-
-fn read_record(m: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
-    ReadRecord {
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
 
 /// A unique name for a topic, group or transactional id: `{prefix}-{random}`.
 pub fn unique(prefix: &str) -> String {
@@ -246,7 +247,7 @@ impl Kafka {
                         pending.remove(&m.partition());
                     }
                     if m.offset() < ends[&m.partition()] {
-                        out.push(read_record(&m));
+                        out.push(ReadRecord::from_message(&m));
                     }
                 }
             }
@@ -352,7 +353,7 @@ impl Kafka {
                     Some(Err(e)) => tracing::warn!(topic = %name, error = %e, "live reader"),
                     Some(Ok(m)) => {
                         next.insert(m.partition(), m.offset() + 1);
-                        out.push(read_record(&m));
+                        out.push(ReadRecord::from_message(&m));
                     }
                 }
             }
