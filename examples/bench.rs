@@ -908,6 +908,9 @@ fn raw_copy(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "50")
+        // The same as weir's consumer: librdkafka's default (1 s) pauses fetching whenever the
+        // local queue was full, which idles a fast consumer once it drains the queue.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let producer: ThreadedProducer<DefaultProducerContext> = base_config(bootstrap)
         .set("enable.idempotence", "true")

@@ -24,6 +24,7 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
         }
     }
     c.set("fetch.wait.max.ms", "50")
+        .set("fetch.queue.backoff.ms", "10")
         .set("allow.auto.create.topics", "false");
     if config.metrics_address.is_some() {
         // The statistics carry the consumer lag per partition (`weir_consumer_lag`).

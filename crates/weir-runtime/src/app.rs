@@ -192,15 +192,15 @@ impl App {
         );
         engine.restore_observer = self.restore_observer.clone();
         let engine = Arc::new(Mutex::new(engine));
-        let (rewinds, committed) = {
+        let (rewind_pending, committed) = {
             let engine = engine.lock().await;
             (
-                Arc::clone(&engine.rewinds),
+                Arc::clone(&engine.rewind_pending),
                 Arc::clone(&engine.committed_view),
             )
         };
         let handler = RebalanceHandler {
-            rewinds,
+            rewind_pending,
             committed,
             engine: Arc::clone(&engine),
             handle: Handle::current(),
@@ -310,25 +310,49 @@ async fn main_loop(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let (max, wait) = (config.max_batch_records, config.max_batch_wait);
+    let start_poll = || {
         let c = Arc::clone(consumer);
-        let (max, wait) = (config.max_batch_records, config.max_batch_wait);
-        let polled = blocking(move || poll::poll_batch(&c, max, wait)).await;
-
+        tokio::task::spawn_blocking(move || poll::poll_batch(&c, max, wait))
+    };
+    let mut in_flight = Some(start_poll());
+    let result = loop {
+        let Some(poll) = in_flight.take() else {
+            break Ok(());
+        };
+        let mut polled = poll.await.expect("polling panicked");
         let mut engine = engine.lock().await;
+        // No poll is in flight here: a rewind asked for after the batch's last poll is made
+        // now, and the batch, all from before it, dropped.
+        match engine.rewind_now().await {
+            Ok(true) => polled.records.clear(),
+            Ok(false) => {}
+            Err(e) => break Err(e),
+        }
+        // The next batch is polled while this one is processed and committed.
+        in_flight = Some(start_poll());
         if let Err(e) = step(&mut engine, polled).await {
             if !engine.producer_failed() {
-                return Err(e);
+                break Err(e);
             }
             // The producer is unusable (fenced, or a fatal transactional error such as a
             // transaction the broker timed out during a broker failure): a new one with the
             // same transactional id, and every task resumed from the committed offsets.
-            engine.replace_producer(e).await?;
+            if let Err(e) = engine.replace_producer(e).await {
+                break Err(e);
+            }
         }
         if shutdown.as_mut().now_or_never().is_some() {
-            return Ok(());
+            break Ok(());
         }
+    };
+    // The batch polled meanwhile is not processed: nothing of it is committed, so it is read
+    // again from the committed offsets. Its poll may run a rebalance callback, which needs the
+    // engine unlocked (it is: the guard went with the loop).
+    if let Some(poll) = in_flight {
+        let _ = poll.await;
     }
+    result
 }
 
 /// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, the

@@ -22,8 +22,18 @@
 //!
 //! The engine sits behind an async mutex. The main loop takes it to process a batch and to
 //! commit; the consumer's rebalance callback takes it (from the polling thread) to commit on
-//! revoke and to resolve start offsets on assign. Callbacks run only inside `poll`, and the main
-//! loop never holds the lock while polling, so the two never wait on each other.
+//! revoke and to resolve start offsets on assign. The main loop polls the next batch while it
+//! processes and commits the current one (see `app.rs`), so a callback may wait for the lock
+//! until the current step ends; the main loop never waits for a poll while it holds the lock,
+//! so the two never deadlock.
+//!
+//! # Rewinds
+//!
+//! An abort does not seek at once: it sets `rewind_pending`, and the seek
+//! ([`Engine::rewind_now`]) happens where no poll is in flight — on the polling thread between
+//! two polls, or in the main loop before it starts the next poll — and every record polled
+//! before it is dropped. A record is thus either certainly from before the seek (dropped, and
+//! read again) or certainly from after it, never in doubt.
 //!
 //! # Invariants
 //!
@@ -31,11 +41,12 @@
 //!   handed to the producer in the open transaction (exactly_once) or since the last offset
 //!   commit (at_least_once). Only these offsets are ever committed: never past processing.
 //! - After an abort, `positions` is empty, the operator has been told (`on_abort`), and the
-//!   consumer has been seeked back to the committed offsets of every assigned partition.
+//!   consumer is seeked back to the committed offsets of every assigned partition before any
+//!   further record is processed.
 //! - Once `stopped` is set, nothing more is produced or committed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -252,8 +263,9 @@ pub(crate) struct Engine {
     /// A copy of `resume_at` (the committed offsets of the assigned partitions) for the
     /// consumer-lag gauge, which librdkafka's statistics callback computes.
     pub(crate) committed_view: Arc<std::sync::Mutex<BTreeMap<TopicPartition, i64>>>,
-    /// Bumped by every rewind; `poll_batch` drops records fetched before one.
-    pub(crate) rewinds: Arc<AtomicU64>,
+    /// Set by an abort: every assigned partition must be seeked back before the next record is
+    /// processed (see "Rewinds" above).
+    pub(crate) rewind_pending: Arc<AtomicBool>,
     /// An error raised inside a rebalance callback, for the main loop to return.
     pub(crate) failure: Option<RuntimeError>,
     /// Set once the application is stopping with an error: nothing more is committed.
@@ -313,7 +325,7 @@ impl Engine {
             assigned: BTreeSet::new(),
             resume_at: BTreeMap::new(),
             committed_view: Arc::default(),
-            rewinds: Arc::new(AtomicU64::new(0)),
+            rewind_pending: Arc::new(AtomicBool::new(false)),
             failure: None,
             stopped: false,
             totals: crate::RunSummary::default(),
@@ -815,7 +827,8 @@ impl Engine {
     }
 
     /// The abortable path: abort the transaction, drop the uncommitted work, tell the
-    /// operator, and seek every assigned partition back to its committed offset.
+    /// operator, and have every assigned partition seeked back to its committed offset
+    /// ([`rewind_now`](Self::rewind_now), before the next record is processed).
     pub(crate) async fn abort_and_rewind(
         &mut self,
         during: &'static str,
@@ -865,14 +878,25 @@ impl Engine {
             };
             return Err(self.stop(err).await);
         }
+        self.rewind_pending.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Performs a pending rewind: seeks every assigned partition to where it resumes (its
+    /// committed offset). Returns whether there was one, in which case every record polled
+    /// before this call precedes the seek and must be dropped. Call it only while no poll is in
+    /// flight (see "Rewinds" above).
+    pub(crate) async fn rewind_now(&mut self) -> Result<bool, RuntimeError> {
+        if !self.rewind_pending.swap(false, Ordering::SeqCst) {
+            return Ok(false);
+        }
         let targets: Vec<(TopicPartition, i64)> = self
             .assigned
             .iter()
             .filter_map(|tp| self.resume_at.get(tp).map(|o| (tp.clone(), *o)))
             .collect();
-        self.rewinds.fetch_add(1, Ordering::SeqCst);
         match self.seek(targets).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) => Err(self.stop(e).await),
         }
     }
@@ -1035,13 +1059,9 @@ impl Engine {
         self.producer_stuck = false;
         self.stopped = false;
         let assigned: Vec<TopicPartition> = self.assigned.iter().cloned().collect();
-        let starts = self.resume(&assigned).await?;
-        let targets: Vec<(TopicPartition, i64)> = starts
-            .iter()
-            .map(|s| (s.partition.clone(), s.start_offset))
-            .collect();
-        self.rewinds.fetch_add(1, Ordering::SeqCst);
-        self.seek(targets).await?;
+        // Every assigned partition resumes from its start just resolved (`resume_at`).
+        self.resume(&assigned).await?;
+        self.rewind_pending.store(true, Ordering::SeqCst);
         tracing::info!(partitions = assigned.len(), "new producer ready; resuming");
         Ok(())
     }

@@ -4,8 +4,13 @@
 //! is already buffered, up to `max.batch.records`. Rebalance callbacks run inside `poll`; when
 //! one revokes partitions, records of those partitions that were collected earlier in the same
 //! batch are dropped (the revocation committed the offsets *before* them, and a new owner, or
-//! this instance after a re-assignment, reads them again from there), and the batch ends. When
-//! a callback aborted and rewound every partition, everything collected before is dropped.
+//! this instance after a re-assignment, reads them again from there), and the batch ends.
+//!
+//! The main loop runs this while it processes and commits the previous batch. When an abort —
+//! in a callback of this poll, or in the main loop meanwhile — asked for a rewind, the seek is
+//! made here between two polls, everything collected before it (including the record the last
+//! poll returned) is dropped, and the batch ends; the main loop makes a rewind asked for after
+//! the last poll itself, dropping the whole batch (see the engine's "Rewinds").
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -35,17 +40,14 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
     let mut timeout = wait;
     while polled.records.len() < max {
         let before = handler.revocations.load(Ordering::SeqCst);
-        let rewinds = handler.rewinds.load(Ordering::SeqCst);
         let next = consumer.poll(timeout);
         timeout = Duration::ZERO;
-        if handler.rewinds.load(Ordering::SeqCst) != rewinds {
-            // A callback aborted and sought every partition back: what was fetched before is
-            // read again. A record this same poll returned comes from after the seek.
+        if handler.rewind_if_pending() {
+            // Everything polled so far, this poll's record included, precedes the seek: it is
+            // read again.
             polled.records.clear();
-            match next {
-                Some(Ok(m)) => polled.records.push(to_record(&m, &mut topics)),
-                Some(Err(e)) => polled.error = Some(e),
-                None => {}
+            if let Some(Err(e)) = next {
+                polled.error = Some(e);
             }
             break;
         }

@@ -2,9 +2,10 @@
 //! offsets before they come.
 //!
 //! librdkafka runs these callbacks inside `poll`, which weir only calls from a blocking thread
-//! (see `poll.rs`), with the engine unlocked. The callback takes the engine's lock and drives
-//! its async methods with `Handle::block_on`; their blocking Kafka calls go to other blocking
-//! threads. The partitions are (un)assigned only after the engine returns, so:
+//! (see `poll.rs`), while the main loop may be processing the previous batch. The callback
+//! takes the engine's lock (waiting for that step to end) and drives its async methods with
+//! `Handle::block_on`; their blocking Kafka calls go to other blocking threads. The partitions
+//! are (un)assigned only after the engine returns, so:
 //!
 //! - **revoke**: the operator's `on_partitions_revoked` runs, and the open transaction — with
 //!   the revoked partitions' last offsets — commits *before* they are released to another
@@ -17,7 +18,7 @@
 //! An error in a callback cannot be returned through librdkafka; it is parked in
 //! `Engine::failure`, and the main loop returns it right after `poll`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -37,8 +38,8 @@ pub(crate) struct RebalanceHandler {
     pub(crate) revocations: AtomicU64,
     /// Partitions revoked since `poll_batch` last cleared this.
     pub(crate) revoked: StdMutex<Vec<TopicPartition>>,
-    /// The engine's rewind counter (see `Engine::rewinds`).
-    pub(crate) rewinds: Arc<AtomicU64>,
+    /// The engine's pending-rewind flag (see `Engine::rewind_pending`).
+    pub(crate) rewind_pending: Arc<AtomicBool>,
     /// The engine's committed offsets (see `Engine::committed_view`).
     pub(crate) committed: Arc<StdMutex<std::collections::BTreeMap<TopicPartition, i64>>>,
 }
@@ -166,6 +167,26 @@ impl ConsumerContext for RebalanceHandler {
 }
 
 impl RebalanceHandler {
+    /// Performs a rewind an abort asked for — in a callback of the poll that just returned, or
+    /// in the main loop meanwhile — if there is one (see `Engine::rewind_now`). Called on the
+    /// polling thread between two polls; returns whether it rewound, in which case every record
+    /// polled so far precedes the seek.
+    pub(crate) fn rewind_if_pending(&self) -> bool {
+        if !self.rewind_pending.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.handle.block_on(async {
+            let mut engine = self.engine.lock().await;
+            match engine.rewind_now().await {
+                Ok(rewound) => rewound,
+                Err(e) => {
+                    engine.failure.get_or_insert(e);
+                    true
+                }
+            }
+        })
+    }
+
     fn park(&self, error: crate::RuntimeError) {
         self.handle.block_on(async {
             self.engine.lock().await.failure.get_or_insert(error);
