@@ -142,6 +142,15 @@ pub struct Config {
     #[serde(rename = "static.membership", default)]
     pub static_membership: bool,
 
+    /// `commit.overlap`: under exactly_once, a stateless application commits each transaction
+    /// in the background on one transactional producer while the next transaction fills on a
+    /// second one (transactional id `{application.id}-{instance.id}#2`), so processing does not
+    /// wait for the commit round trips. Commits still complete in order, and a failed commit
+    /// aborts the transaction after it too. Applications with state stores always commit in
+    /// line. Default true.
+    #[serde(rename = "commit.overlap", default = "defaults::yes")]
+    pub commit_overlap: bool,
+
     /// `auto.offset.reset`: `earliest` (default), `latest` or `none`.
     #[serde(rename = "auto.offset.reset", default)]
     pub auto_offset_reset: OffsetReset,
@@ -221,6 +230,9 @@ mod defaults {
     }
     pub(super) fn transaction_timeout() -> Duration {
         Duration::from_millis(10_000)
+    }
+    pub(super) fn yes() -> bool {
+        true
     }
     pub(super) fn max_batch_records() -> usize {
         5000
@@ -522,6 +534,13 @@ impl Config {
     /// `{application.id}-{instance.id}`: the stable transactional id of an instance.
     pub fn transactional_id(&self, instance_id: &str) -> String {
         format!("{}-{}", self.application_id, instance_id)
+    }
+
+    /// `{application.id}-{instance.id}#2`: the transactional id of an instance's second
+    /// producer (`commit.overlap`). `#` cannot occur in an instance id, so it never collides
+    /// with another instance's id.
+    pub fn second_transactional_id(&self, instance_id: &str) -> String {
+        format!("{}#2", self.transactional_id(instance_id))
     }
 
     /// The directory that holds this application's instance id (and state).

@@ -174,6 +174,20 @@ impl App {
             Some(state)
         };
         let producer = new_producer(&config, &instance_id, &transactional_id, &delivery).await?;
+        // `commit.overlap`: a second transactional producer, for stateless exactly_once.
+        let spare = if exactly_once && state.is_none() && config.commit_overlap {
+            let second = config.second_transactional_id(&instance_id);
+            Some(new_producer(&config, &instance_id, &second, &delivery).await?)
+        } else {
+            if exactly_once && state.is_none() {
+                // `commit.overlap` was turned off: a transaction the second producer left open
+                // before must not hold the outputs back until it times out.
+                let second = config.second_transactional_id(&instance_id);
+                let leftover = new_producer(&config, &instance_id, &second, &delivery).await?;
+                blocking(move || drop(leftover)).await;
+            }
+            None
+        };
         telemetry::started(
             &config.application_id,
             &instance_id,
@@ -191,6 +205,9 @@ impl App {
             state,
         );
         engine.restore_observer = self.restore_observer.clone();
+        if let Some(spare) = spare {
+            engine.set_spare(spare);
+        }
         let engine = Arc::new(Mutex::new(engine));
         let (rewind_pending, committed) = {
             let engine = engine.lock().await;

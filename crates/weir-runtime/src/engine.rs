@@ -125,7 +125,12 @@ pub(crate) async fn new_producer(
     transactional_id: &str,
     delivery: &Arc<DeliveryState>,
 ) -> Result<Arc<WeirProducer>, RuntimeError> {
-    let producer: WeirProducer = producer_config(config, instance_id)
+    let mut client = producer_config(config, instance_id);
+    client.set("client.id", format!("{transactional_id}-producer"));
+    if config.guarantee == Guarantee::ExactlyOnce {
+        client.set("transactional.id", transactional_id);
+    }
+    let producer: WeirProducer = client
         .create_with_context(DeliveryContext(Arc::clone(delivery)))
         .map_err(|source| RuntimeError::Kafka {
             during: "creating the producer".into(),
@@ -220,11 +225,50 @@ pub(crate) type WeirProducer = ThreadedProducer<DeliveryContext>;
 /// whenever anything is still in flight, because the `ThreadedProducer`'s own thread serves
 /// the delivery reports it waits for: measured, every commit took ~105 ms instead of ~5 ms.
 /// With the queue empty, that flush returns at once.
-fn drain(producer: &WeirProducer) {
+fn drain(producer: &WeirProducer) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
+    true
+}
+
+/// A transactional call on a blocking thread, retried while its error is retriable (at most
+/// ten times, backing off 100 ms more each time); any other error, or the last retriable one,
+/// is returned with the call's name.
+fn retry_blocking(
+    during: &'static str,
+    call: impl Fn() -> Result<(), KafkaError>,
+) -> Result<(), (&'static str, KafkaError)> {
+    let mut attempt = 0;
+    loop {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 10 => {
+                attempt += 1;
+                let backoff = Duration::from_millis(100 * attempt);
+                telemetry::retrying(during, &e.to_string(), attempt as u32, backoff);
+                std::thread::sleep(backoff);
+            }
+            Err(e) => return Err((during, e)),
+        }
+    }
+}
+
+/// A transaction committing in the background (`commit.overlap`).
+struct Committing {
+    /// The producer whose transaction it is; the spare again once it has committed.
+    producer: Arc<WeirProducer>,
+    /// `send_offsets_to_transaction` and `commit_transaction`, on a blocking thread.
+    task: tokio::task::JoinHandle<Result<(), (&'static str, KafkaError)>>,
+    offsets: Vec<(TopicPartition, i64)>,
+    records_in: u64,
+    records_out: u64,
+    reason: &'static str,
+    started: Instant,
 }
 
 /// See the module documentation.
@@ -245,6 +289,16 @@ pub(crate) struct Engine {
     pending_out: u64,
     outputs: Vec<Output>,
     consecutive_failures: u32,
+
+    /// `commit.overlap` (exactly_once, no state stores): transactions commit in the background
+    /// on one producer while the next fills on the other.
+    overlap: bool,
+    /// The producer not in use (`commit.overlap`): the next transaction's, while the current
+    /// one commits.
+    spare: Option<Arc<WeirProducer>>,
+    /// The transaction committing in the background, on the producer that is not current.
+    /// Commits complete in order: it is settled before anything else commits or aborts.
+    committing: Option<Committing>,
 
     /// RocksDB state, when the operator declares stores. Moved out while a blocking call
     /// (prepare, apply, restore) runs on the blocking pool.
@@ -320,6 +374,9 @@ impl Engine {
             outputs: Vec::new(),
             consecutive_failures: 0,
             stateful: state.is_some(),
+            overlap: false,
+            spare: None,
+            committing: None,
             state,
             restore_observer: None,
             assigned: BTreeSet::new(),
@@ -331,6 +388,15 @@ impl Engine {
             totals: crate::RunSummary::default(),
             producer_replacements: Vec::new(),
             producer_stuck: false,
+        }
+    }
+
+    /// `commit.overlap`: the second transactional producer (ignored with state stores, whose
+    /// commits always complete in line).
+    pub(crate) fn set_spare(&mut self, spare: Arc<WeirProducer>) {
+        if !self.stateful {
+            self.overlap = true;
+            self.spare = Some(spare);
         }
     }
 
@@ -605,10 +671,24 @@ impl Engine {
         }
     }
 
-    /// Step 3 of the commit cycle: commit outputs and input offsets.
+    /// Step 3 of the commit cycle: commit outputs and input offsets. With `commit.overlap`, an
+    /// interval commit goes on in the background while the next transaction fills on the spare
+    /// producer; every other commit (revoke, shutdown, ...) completes before this returns.
     pub(crate) async fn commit(&mut self, reason: &'static str) -> Result<(), RuntimeError> {
         if self.stopped {
             return Ok(());
+        }
+        if !self.settle_committing().await? {
+            return Ok(());
+        }
+        if self.overlap && reason == "interval" && self.txn_open && self.spare.is_some() {
+            // The next transaction's outputs may go out only once every output of this one is
+            // written, so that each output partition keeps the order of its inputs. If the
+            // producer cannot drain now, the commit takes the in-line path.
+            let producer = Arc::clone(&self.producer);
+            if blocking(move || drain(&producer)).await {
+                return self.commit_in_background(reason).await;
+            }
         }
         let started = Instant::now();
         let committed = if self.exactly_once() {
@@ -619,9 +699,141 @@ impl Engine {
         let Some(offsets) = committed else {
             return Ok(());
         };
-        let info = CommitInfo {
+        let (records_in, records_out) = (
+            std::mem::take(&mut self.pending_in),
+            std::mem::take(&mut self.pending_out),
+        );
+        self.committed(reason, started, records_in, records_out, offsets)
+            .await
+    }
+
+    /// Starts committing the open transaction on a blocking thread and makes the spare producer
+    /// current (`commit.overlap`). The outcome is taken up by [`settle_committing`](Self::settle_committing).
+    async fn commit_in_background(&mut self, reason: &'static str) -> Result<(), RuntimeError> {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        let (_, marks) = self.state_commits()?;
+        let Some(group) = self.consumer().group_metadata() else {
+            let err = RuntimeError::Internal(
+                "the consumer has no group metadata for send_offsets_to_transaction".into(),
+            );
+            return Err(self.stop(err).await);
+        };
+        let tpl = (!offsets.is_empty()).then(|| to_commit_tpl(&offsets, &marks));
+        let Some(next) = self.spare.take() else {
+            return Err(RuntimeError::Internal(
+                "no spare producer to overlap the commit".into(),
+            ));
+        };
+        let producer = std::mem::replace(&mut self.producer, next);
+        let p = Arc::clone(&producer);
+        let task = tokio::task::spawn_blocking(move || {
+            if let Some(tpl) = tpl {
+                retry_blocking("send_offsets_to_transaction", || {
+                    p.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)
+                })?;
+                failpoint("after_send_offsets");
+            }
+            retry_blocking("commit_transaction", || {
+                drain(&p);
+                p.commit_transaction(CALL_TIMEOUT)
+            })?;
+            failpoint("after_commit_transaction");
+            Ok(())
+        });
+        self.committing = Some(Committing {
+            producer,
+            task,
+            offsets,
             records_in: std::mem::take(&mut self.pending_in),
             records_out: std::mem::take(&mut self.pending_out),
+            reason,
+            started: Instant::now(),
+        });
+        self.txn_open = false;
+        self.positions.clear();
+        self.period_started = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for the transaction committing in the background, if any, and records it. Returns
+    /// `Ok(false)` when it failed and was aborted, together with the open transaction (which
+    /// holds work from after it), and every partition was rewound.
+    async fn settle_committing(&mut self) -> Result<bool, RuntimeError> {
+        match self.await_committing().await? {
+            None => Ok(true),
+            Some((during, e)) if classify(&e) == TxnErrorClass::Fatal => {
+                let err = self.txn_error(during, e);
+                Err(self.stop(err).await)
+            }
+            Some((during, e)) => {
+                self.abort_and_rewind(during, &e.to_string()).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Waits for the transaction committing in the background, if any. Committed: it is
+    /// recorded. Failed: the open transaction on the current producer is aborted (it holds work
+    /// from after the failed one), the failed producer becomes current again with its
+    /// transaction open, and the error is returned for the caller to abort it.
+    async fn await_committing(
+        &mut self,
+    ) -> Result<Option<(&'static str, KafkaError)>, RuntimeError> {
+        let Some(c) = self.committing.take() else {
+            return Ok(None);
+        };
+        let outcome = tokio::time::timeout(WATCHDOG, c.task).await;
+        if let Ok(Ok(Ok(()))) = outcome {
+            self.spare = Some(c.producer);
+            self.resume_at.extend(c.offsets.iter().cloned());
+            self.publish_committed();
+            self.committed(c.reason, c.started, c.records_in, c.records_out, c.offsets)
+                .await?;
+            return Ok(None);
+        }
+        if self.txn_open {
+            match self
+                .watched("abort_transaction", |p| p.abort_transaction(CALL_TIMEOUT))
+                .await?
+            {
+                Ok(()) => self.txn_open = false,
+                Err(e) => {
+                    let err = self.txn_error("abort_transaction", e);
+                    return Err(self.stop(err).await);
+                }
+            }
+        }
+        self.spare = Some(std::mem::replace(&mut self.producer, c.producer));
+        self.txn_open = true;
+        match outcome {
+            Ok(joined) => Ok(joined.expect("a blocking Kafka call panicked").err()),
+            Err(_) => {
+                self.producer_stuck = true;
+                let err = RuntimeError::Stuck {
+                    during: "commit_transaction".into(),
+                    waited: WATCHDOG,
+                };
+                Err(self.stop(err).await)
+            }
+        }
+    }
+
+    /// Records a commit: metrics, totals, and the operator's `on_commit`.
+    async fn committed(
+        &mut self,
+        reason: &'static str,
+        started: Instant,
+        records_in: u64,
+        records_out: u64,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> Result<(), RuntimeError> {
+        let info = CommitInfo {
+            records_in,
+            records_out,
             offsets,
         };
         telemetry::committed(reason, started.elapsed(), info.records_in, info.records_out);
@@ -629,7 +841,9 @@ impl Engine {
         self.totals.records_in += info.records_in;
         self.totals.records_out += info.records_out;
         self.consecutive_failures = 0;
-        self.period_started = Instant::now();
+        if self.committing.is_none() && !self.txn_open {
+            self.period_started = Instant::now();
+        }
         if let Err(e) = self.processor.on_commit(&info).await {
             let err = RuntimeError::Operator {
                 during: "on_commit",
@@ -834,6 +1048,15 @@ impl Engine {
         during: &'static str,
         cause: &str,
     ) -> Result<(), RuntimeError> {
+        // A transaction committing in the background settles first: if it committed, the
+        // rewind goes to its offsets; if it failed, its producer is current again, and aborted
+        // here.
+        if let Some((during, e)) = self.await_committing().await? {
+            if classify(&e) == TxnErrorClass::Fatal {
+                let err = self.txn_error(during, e);
+                return Err(self.stop(err).await);
+            }
+        }
         telemetry::aborted(during, cause);
         self.totals.aborts += 1;
         if self.txn_open {
@@ -905,6 +1128,14 @@ impl Engine {
     pub(crate) async fn stop(&mut self, error: RuntimeError) -> RuntimeError {
         if !self.stopped {
             self.stopped = true;
+            if let Some(c) = self.committing.take() {
+                // Let the transaction committing in the background end either way (a restart
+                // resumes from whatever Kafka decided).
+                if tokio::time::timeout(WATCHDOG, c.task).await.is_err() {
+                    tracing::warn!("commit_transaction did not return while stopping; the broker aborts the transaction after transaction.timeout.ms unless it committed");
+                }
+                self.spare = Some(c.producer);
+            }
             if self.txn_open && !self.producer_stuck {
                 let producer = Arc::clone(&self.producer);
                 let abort =
@@ -1056,6 +1287,16 @@ impl Engine {
         let old = std::mem::replace(&mut self.producer, producer);
         // Destroying the old client may block (a stuck call still holds it): not awaited.
         drop(tokio::task::spawn_blocking(move || drop(old)));
+        if self.overlap {
+            // Both transactional ids start afresh: `init_transactions` aborts whatever the
+            // other one left open.
+            let second = self.config.second_transactional_id(&self.instance_id);
+            let spare =
+                new_producer(&self.config, &self.instance_id, &second, &self.delivery).await?;
+            if let Some(old) = self.spare.replace(spare) {
+                drop(tokio::task::spawn_blocking(move || drop(old)));
+            }
+        }
         self.producer_stuck = false;
         self.stopped = false;
         let assigned: Vec<TopicPartition> = self.assigned.iter().cloned().collect();
