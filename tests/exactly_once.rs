@@ -22,6 +22,7 @@ fn start_mirror(
     output: &str,
     state: &Path,
     run: usize,
+    failpoint: Option<&str>,
 ) -> ChildProcess {
     let log =
         std::fs::File::create(state.with_extension(format!("run{run}.log"))).expect("log file");
@@ -43,6 +44,9 @@ fn start_mirror(
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdout(std::process::Stdio::null())
         .stderr(log);
+    if let Some(f) = failpoint {
+        cmd.env("WEIR_FAILPOINT", f);
+    }
     ChildProcess::spawn("mirror", cmd)
 }
 
@@ -73,7 +77,7 @@ fn mirror_is_exactly_once_across_sigkills() {
     let mut rng = rand::rng();
     let mut kills = 0;
     let mut run = 0;
-    let mut mirror = start_mirror(kafka, &app, &input, &output, &state, run);
+    let mut mirror = start_mirror(kafka, &app, &input, &output, &state, run, None);
     for _ in 0..5 {
         // Kill inside an open transaction: once records of one are in the output log, at a
         // random moment after.
@@ -86,7 +90,7 @@ fn mirror_is_exactly_once_across_sigkills() {
         mirror.kill();
         kills += 1;
         run += 1;
-        mirror = start_mirror(kafka, &app, &input, &output, &state, run);
+        mirror = start_mirror(kafka, &app, &input, &output, &state, run, None);
     }
     producer.join().expect("producer thread");
 
@@ -135,4 +139,68 @@ fn mirror_is_exactly_once_across_sigkills() {
         vec![],
         "a transaction was left open"
     );
+}
+
+/// `commit.overlap`: a stateless instance commits in the background while the next transaction
+/// fills on its second producer. A crash inside that background commit — after its offsets
+/// joined the transaction, or right after it committed — leaves the next transaction open on
+/// the other transactional id; the restarted instance aborts it, and the output stays an exact
+/// copy.
+#[test]
+fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
+    let kafka = shared();
+    for failpoint in ["after_send_offsets:4", "after_commit_transaction:4"] {
+        let (input, output, app) = (unique("ovl-in"), unique("ovl-out"), unique("ovl-app"));
+        kafka.create_topic(&input, 3);
+        kafka.create_topic(&output, 3);
+        let state = state_dir();
+        let records = numbered(3, 4_000);
+        let (first, rest) = records.split_at(3_000);
+        kafka.produce(&input, first.to_vec());
+        let producer = {
+            let (input, rest) = (input.clone(), rest.to_vec());
+            std::thread::spawn(move || {
+                // ~9 s of input: the 4th commit (1 s interval) comes while it still arrives.
+                for chunk in rest.chunks(500) {
+                    shared().produce(&input, chunk.to_vec());
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        };
+        let mut crashing = start_mirror(kafka, &app, &input, &output, &state, 0, Some(failpoint));
+        let status = crashing.wait(Duration::from_secs(90));
+        assert!(
+            !status.success(),
+            "{failpoint}: the mirror should have crashed at the failpoint, exited with {status}"
+        );
+        producer.join().expect("producer thread");
+        assert!(
+            committed_count(kafka, &output) < records.len(),
+            "{failpoint}: the crash came after everything was copied: nothing tested"
+        );
+
+        let mirror = start_mirror(kafka, &app, &input, &output, &state, 1, None);
+        wait_for(
+            "the group's offsets to reach the end of the input",
+            Duration::from_secs(120),
+            || {
+                kafka
+                    .committed_offsets(&app, &input)
+                    .values()
+                    .all(|o| *o == Some(4_000))
+            },
+        );
+        let status = mirror.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{failpoint}: mirror exited with {status}");
+        let report = verify_copy(
+            &kafka.read_to_end(&input, Isolation::ReadCommitted),
+            &kafka.read_to_end(&output, Isolation::ReadCommitted),
+        );
+        assert!(report.is_exactly_once(), "{failpoint}: {report}");
+        assert_eq!(
+            kafka.open_transactions(&output),
+            vec![],
+            "{failpoint}: a transaction was left open"
+        );
+    }
 }

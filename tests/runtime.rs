@@ -818,3 +818,64 @@ fn committing_offsets_before_processing_loses_records_and_after_does_not() {
         }
     }
 }
+
+/// `commit.overlap` uses a second transactional id per instance (`…#2`). A transaction it left
+/// open — a crash with both producers' transactions open — is aborted at start-up, also when
+/// the restart turned `commit.overlap` off; otherwise it would hold every read_committed reader
+/// of the output back until its timeout.
+#[test]
+fn a_transaction_the_second_producer_left_open_is_aborted_at_start_up() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let kafka = shared();
+    for overlap in [false, true] {
+        let (input, output, app) = (unique("in"), unique("out"), unique("app"));
+        kafka.create_topic(&input, 3);
+        kafka.create_topic(&output, 3);
+        kafka.produce(&input, numbered(3, 100));
+        let config = config(kafka, &app, &input, &output)
+            .instance_id("i1")
+            .set("commit.overlap", overlap)
+            .build()
+            .unwrap();
+
+        // The leftover: an open transaction of the second id, with records on the output,
+        // and a timeout far beyond this test.
+        let leftover: BaseProducer = weir_kafka::clients::base_config(kafka.bootstrap_servers())
+            .set("transactional.id", config.second_transactional_id("i1"))
+            .set("transaction.timeout.ms", "300000")
+            .create()
+            .unwrap();
+        leftover.init_transactions(Duration::from_secs(30)).unwrap();
+        leftover.begin_transaction().unwrap();
+        for p in 0..3 {
+            leftover
+                .send(BaseRecord::to(&output).partition(p).key("stale").payload("x"))
+                .unwrap();
+        }
+        leftover.flush(Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            kafka.open_transactions(&output).len(),
+            3,
+            "the leftover transaction is open before the start (overlap = {overlap})"
+        );
+
+        let running = InProcess::start(config, Mirror);
+        wait_for(
+            "300 committed outputs behind the leftover transaction",
+            Duration::from_secs(60),
+            || committed_count(kafka, &output) >= 300,
+        );
+        running.stop().expect("clean stop");
+        let report = verify_copy(
+            &kafka.read_to_end(&input, Isolation::ReadCommitted),
+            &kafka.read_to_end(&output, Isolation::ReadCommitted),
+        );
+        assert!(report.is_exactly_once(), "overlap = {overlap}: {report}");
+        assert!(
+            kafka.open_transactions(&output).is_empty(),
+            "overlap = {overlap}: {:?}",
+            kafka.open_transactions(&output)
+        );
+        drop(leftover);
+    }
+}
