@@ -129,6 +129,7 @@ enum Worker {
 enum Contender {
     Ceiling,
     WeirEos,
+    WeirEosOverlap,
     WeirAlo,
     KstreamsEos,
     WeirTotals,
@@ -140,6 +141,7 @@ impl Contender {
         match self {
             Contender::Ceiling => "ceiling",
             Contender::WeirEos => "weir-eos",
+            Contender::WeirEosOverlap => "weir-eos-overlap",
             Contender::WeirAlo => "weir-alo",
             Contender::KstreamsEos => "kstreams-eos",
             Contender::WeirTotals => "weir-totals",
@@ -241,6 +243,7 @@ fn main() -> anyhow::Result<()> {
             &[
                 Contender::Ceiling,
                 Contender::WeirEos,
+                Contender::WeirEosOverlap,
                 Contender::WeirAlo,
                 Contender::KstreamsEos,
             ]
@@ -466,7 +469,10 @@ impl Launcher<'_> {
                 c.args(["raw-copy", bootstrap, app, input, output, &interval]);
                 c
             }
-            Contender::WeirEos | Contender::WeirAlo | Contender::WeirTotals => {
+            Contender::WeirEos
+            | Contender::WeirEosOverlap
+            | Contender::WeirAlo
+            | Contender::WeirTotals => {
                 let example = if self.contender == Contender::WeirTotals {
                     "totals"
                 } else {
@@ -486,6 +492,9 @@ impl Launcher<'_> {
                             "exactly_once"
                         },
                     ]);
+                if self.contender == Contender::WeirEosOverlap {
+                    c.args(["--set", "commit.overlap=true"]);
+                }
                 // WEIR_BENCH_SET="k=v k=v": extra weir keys, for experiments.
                 for kv in std::env::var("WEIR_BENCH_SET")
                     .unwrap_or_default()
@@ -824,6 +833,15 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, f64> {
         if let (Some(w), Some(c)) = (get(Contender::WeirEos, ds), get(Contender::Ceiling, ds)) {
             out.insert(
                 format!("weir-eos/ceiling {ds}"),
+                w.records_per_s / c.records_per_s,
+            );
+        }
+        if let (Some(w), Some(c)) = (
+            get(Contender::WeirEosOverlap, ds),
+            get(Contender::Ceiling, ds),
+        ) {
+            out.insert(
+                format!("weir-eos-overlap/ceiling {ds}"),
                 w.records_per_s / c.records_per_s,
             );
         }

@@ -849,7 +849,12 @@ fn a_transaction_the_second_producer_left_open_is_aborted_at_start_up() {
         leftover.begin_transaction().unwrap();
         for p in 0..3 {
             leftover
-                .send(BaseRecord::to(&output).partition(p).key("stale").payload("x"))
+                .send(
+                    BaseRecord::to(&output)
+                        .partition(p)
+                        .key("stale")
+                        .payload("x"),
+                )
                 .unwrap();
         }
         leftover.flush(Duration::from_secs(30)).unwrap();

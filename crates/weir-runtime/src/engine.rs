@@ -258,12 +258,15 @@ fn retry_blocking(
     }
 }
 
+/// What a background commit returns: the failed call and its error, if any.
+type CommitResult = Result<(), (&'static str, KafkaError)>;
+
 /// A transaction committing in the background (`commit.overlap`).
 struct Committing {
     /// The producer whose transaction it is; the spare again once it has committed.
     producer: Arc<WeirProducer>,
     /// `send_offsets_to_transaction` and `commit_transaction`, on a blocking thread.
-    task: tokio::task::JoinHandle<Result<(), (&'static str, KafkaError)>>,
+    task: tokio::task::JoinHandle<CommitResult>,
     offsets: Vec<(TopicPartition, i64)>,
     records_in: u64,
     records_out: u64,
@@ -783,10 +786,36 @@ impl Engine {
     async fn await_committing(
         &mut self,
     ) -> Result<Option<(&'static str, KafkaError)>, RuntimeError> {
-        let Some(c) = self.committing.take() else {
+        let Some(mut c) = self.committing.take() else {
             return Ok(None);
         };
-        let outcome = tokio::time::timeout(WATCHDOG, c.task).await;
+        let waiting = Instant::now();
+        let patience = self.config.transaction_timeout / 4;
+        if self.txn_open && !c.task.is_finished() {
+            // The open transaction must not outlive its timeout while this one is slow (a
+            // coordinator moving during a broker failure): the broker would abort it and bump
+            // the producer's epoch, which looks like fencing. Past a quarter of the timeout it
+            // is aborted, and its work replayed from whatever this commit leaves committed.
+            if let Ok(joined) = tokio::time::timeout(patience, &mut c.task).await {
+                return self.committing_ended(c, Ok(joined)).await;
+            }
+            let cause = format!(
+                "the previous transaction's commit has taken over {patience:?} (a quarter of transaction.timeout.ms)"
+            );
+            Box::pin(self.abort_and_rewind("waiting for the previous commit", &cause)).await?;
+        }
+        let left = WATCHDOG.saturating_sub(waiting.elapsed());
+        let outcome = tokio::time::timeout(left, &mut c.task).await;
+        self.committing_ended(c, outcome).await
+    }
+
+    /// The end of [`await_committing`](Self::await_committing), once the background commit
+    /// returned (or the watchdog gave up on it).
+    async fn committing_ended(
+        &mut self,
+        c: Committing,
+        outcome: Result<Result<CommitResult, tokio::task::JoinError>, tokio::time::error::Elapsed>,
+    ) -> Result<Option<(&'static str, KafkaError)>, RuntimeError> {
         if let Ok(Ok(Ok(()))) = outcome {
             self.spare = Some(c.producer);
             self.resume_at.extend(c.offsets.iter().cloned());
