@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::group::feed;
 use common::*;
 use rand::Rng;
 use weir_testkit::{example_bin, shared, unique, verify_copy, ChildProcess, Isolation, Kafka};
@@ -66,15 +67,13 @@ fn mirror_is_exactly_once_across_sigkills() {
     // rest in chunks from a second thread.
     let (first, rest) = records.split_at(5_000);
     kafka.produce(&input, first.to_vec());
-    let producer = {
-        let (input, rest) = (input.clone(), rest.to_vec());
-        std::thread::spawn(move || {
-            for chunk in rest.chunks(1_000) {
-                shared().produce(&input, chunk.to_vec());
-                std::thread::sleep(Duration::from_millis(700));
-            }
-        })
-    };
+    let producer = feed(
+        kafka.bootstrap_servers(),
+        &input,
+        rest.to_vec(),
+        1_000,
+        Duration::from_millis(700),
+    );
 
     let mut rng = rand::rng();
     let mut kills = 0;
@@ -159,16 +158,14 @@ fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
         let records = numbered(3, 4_000);
         let (first, rest) = records.split_at(3_000);
         kafka.produce(&input, first.to_vec());
-        let producer = {
-            let (input, rest) = (input.clone(), rest.to_vec());
-            std::thread::spawn(move || {
-                // ~9 s of input: the 4th commit (1 s interval) comes while it still arrives.
-                for chunk in rest.chunks(500) {
-                    shared().produce(&input, chunk.to_vec());
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            })
-        };
+        // ~9 s of input: the 4th commit (1 s interval) comes while it still arrives.
+        let producer = feed(
+            kafka.bootstrap_servers(),
+            &input,
+            rest.to_vec(),
+            500,
+            Duration::from_millis(500),
+        );
         let mut crashing = start_mirror(kafka, &app, &input, &output, &state, 0, Some(failpoint));
         let status = crashing.wait(Duration::from_secs(90));
         assert!(

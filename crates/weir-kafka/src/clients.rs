@@ -60,9 +60,10 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
     c
 }
 
-/// The producer: idempotent and `acks=all` always; transactional with id
-/// `{application.id}-{instance.id}` under exactly_once.
-pub fn producer_config(config: &Config, instance_id: &str) -> ClientConfig {
+/// The producer: idempotent and `acks=all` always; under exactly_once transactional with
+/// `transactional_id` (`{application.id}-{instance.id}`, or its `#2` for `commit.overlap`),
+/// which also names the client (`{transactional_id}-producer`).
+pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("linger.ms", "5")
         .set("queue.buffering.max.messages", "500000")
@@ -71,18 +72,14 @@ pub fn producer_config(config: &Config, instance_id: &str) -> ClientConfig {
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.producer);
     c.set("bootstrap.servers", &config.bootstrap_servers)
-        .set(
-            "client.id",
-            format!("{}-{}-producer", config.application_id, instance_id),
-        )
+        .set("client.id", format!("{transactional_id}-producer"))
         .set("enable.idempotence", "true")
         .set("acks", "all");
     if config.guarantee == Guarantee::ExactlyOnce {
-        c.set("transactional.id", config.transactional_id(instance_id))
-            .set(
-                "transaction.timeout.ms",
-                config.transaction_timeout.as_millis().to_string(),
-            );
+        c.set("transactional.id", transactional_id).set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        );
     }
     c
 }

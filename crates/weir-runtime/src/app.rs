@@ -173,17 +173,17 @@ impl App {
             delivery.track_changelogs(topics);
             Some(state)
         };
-        let producer = new_producer(&config, &instance_id, &transactional_id, &delivery).await?;
+        let producer = new_producer(&config, &transactional_id, &delivery).await?;
         // `commit.overlap`: a second transactional producer, for stateless exactly_once.
         let spare = if exactly_once && state.is_none() && config.commit_overlap {
             let second = config.second_transactional_id(&instance_id);
-            Some(new_producer(&config, &instance_id, &second, &delivery).await?)
+            Some(new_producer(&config, &second, &delivery).await?)
         } else {
             if exactly_once && state.is_none() {
                 // `commit.overlap` was turned off: a transaction the second producer left open
                 // before must not hold the outputs back until it times out.
                 let second = config.second_transactional_id(&instance_id);
-                let leftover = new_producer(&config, &instance_id, &second, &delivery).await?;
+                let leftover = new_producer(&config, &second, &delivery).await?;
                 blocking(move || drop(leftover)).await;
             }
             None

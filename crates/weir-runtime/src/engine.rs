@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -121,16 +121,10 @@ impl DeliveryState {
 /// initialised).
 pub(crate) async fn new_producer(
     config: &Config,
-    instance_id: &str,
     transactional_id: &str,
     delivery: &Arc<DeliveryState>,
 ) -> Result<Arc<WeirProducer>, RuntimeError> {
-    let mut client = producer_config(config, instance_id);
-    client.set("client.id", format!("{transactional_id}-producer"));
-    if config.guarantee == Guarantee::ExactlyOnce {
-        client.set("transactional.id", transactional_id);
-    }
-    let producer: WeirProducer = client
+    let producer: WeirProducer = producer_config(config, transactional_id)
         .create_with_context(DeliveryContext(Arc::clone(delivery)))
         .map_err(|source| RuntimeError::Kafka {
             during: "creating the producer".into(),
@@ -710,21 +704,34 @@ impl Engine {
             .await
     }
 
+    /// The positions to commit, as a list.
+    fn position_list(&self) -> Vec<(TopicPartition, i64)> {
+        self.positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect()
+    }
+
+    /// The consumer's group metadata for `send_offsets_to_transaction` (its generation fences
+    /// zombies); without it, weir stops.
+    async fn group_metadata(&mut self) -> Result<ConsumerGroupMetadata, RuntimeError> {
+        match self.consumer().group_metadata() {
+            Some(group) => Ok(group),
+            None => {
+                let err = RuntimeError::Internal(
+                    "the consumer has no group metadata for send_offsets_to_transaction".into(),
+                );
+                Err(self.stop(err).await)
+            }
+        }
+    }
+
     /// Starts committing the open transaction on a blocking thread and makes the spare producer
     /// current (`commit.overlap`). The outcome is taken up by [`settle_committing`](Self::settle_committing).
     async fn commit_in_background(&mut self, reason: &'static str) -> Result<(), RuntimeError> {
-        let offsets: Vec<(TopicPartition, i64)> = self
-            .positions
-            .iter()
-            .map(|(tp, o)| (tp.clone(), *o))
-            .collect();
+        let offsets = self.position_list();
         let (_, marks) = self.state_commits()?;
-        let Some(group) = self.consumer().group_metadata() else {
-            let err = RuntimeError::Internal(
-                "the consumer has no group metadata for send_offsets_to_transaction".into(),
-            );
-            return Err(self.stop(err).await);
-        };
+        let group = self.group_metadata().await?;
         let tpl = (!offsets.is_empty()).then(|| to_commit_tpl(&offsets, &marks));
         let Some(next) = self.spare.take() else {
             return Err(RuntimeError::Internal(
@@ -891,11 +898,7 @@ impl Engine {
         if !self.txn_open {
             return Ok(None);
         }
-        let offsets: Vec<(TopicPartition, i64)> = self
-            .positions
-            .iter()
-            .map(|(tp, o)| (tp.clone(), *o))
-            .collect();
+        let offsets = self.position_list();
         // State delta: its changelog records join the transaction (final value per key).
         if !self.produce_changelog().await? {
             return Ok(None);
@@ -904,12 +907,7 @@ impl Engine {
         let (commits, marks) = self.state_commits()?;
         if !offsets.is_empty() {
             let tpl = to_commit_tpl(&offsets, &marks);
-            let Some(group) = self.consumer().group_metadata() else {
-                let err = RuntimeError::Internal(
-                    "the consumer has no group metadata for send_offsets_to_transaction".into(),
-                );
-                return Err(self.stop(err).await);
-            };
+            let group = self.group_metadata().await?;
             // 3a. The input offsets join the transaction, with the group's generation, so a
             //     zombie of this group member is fenced (EOS v2).
             let (tpl, group) = (Arc::new(tpl), Arc::new(group));
@@ -1038,11 +1036,7 @@ impl Engine {
             };
             return Err(self.stop(err).await);
         }
-        let offsets: Vec<(TopicPartition, i64)> = self
-            .positions
-            .iter()
-            .map(|(tp, o)| (tp.clone(), *o))
-            .collect();
+        let offsets = self.position_list();
         if offsets.is_empty() {
             // Only outputs of a revoke hook were pending: acknowledged, nothing to commit.
             self.delivery.reset();
@@ -1306,13 +1300,7 @@ impl Engine {
                 message: e.to_string(),
             });
         }
-        let producer = new_producer(
-            &self.config,
-            &self.instance_id,
-            &self.transactional_id,
-            &self.delivery,
-        )
-        .await?;
+        let producer = new_producer(&self.config, &self.transactional_id, &self.delivery).await?;
         let old = std::mem::replace(&mut self.producer, producer);
         // Destroying the old client may block (a stuck call still holds it): not awaited.
         drop(tokio::task::spawn_blocking(move || drop(old)));
@@ -1320,8 +1308,7 @@ impl Engine {
             // Both transactional ids start afresh: `init_transactions` aborts whatever the
             // other one left open.
             let second = self.config.second_transactional_id(&self.instance_id);
-            let spare =
-                new_producer(&self.config, &self.instance_id, &second, &self.delivery).await?;
+            let spare = new_producer(&self.config, &second, &self.delivery).await?;
             if let Some(old) = self.spare.replace(spare) {
                 drop(tokio::task::spawn_blocking(move || drop(old)));
             }
