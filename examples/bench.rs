@@ -129,7 +129,7 @@ enum Worker {
 enum Contender {
     Ceiling,
     WeirEos,
-    WeirEosOverlap,
+    WeirEosInline,
     WeirAlo,
     KstreamsEos,
     WeirTotals,
@@ -141,7 +141,7 @@ impl Contender {
         match self {
             Contender::Ceiling => "ceiling",
             Contender::WeirEos => "weir-eos",
-            Contender::WeirEosOverlap => "weir-eos-overlap",
+            Contender::WeirEosInline => "weir-eos-inline",
             Contender::WeirAlo => "weir-alo",
             Contender::KstreamsEos => "kstreams-eos",
             Contender::WeirTotals => "weir-totals",
@@ -243,7 +243,7 @@ fn main() -> anyhow::Result<()> {
             &[
                 Contender::Ceiling,
                 Contender::WeirEos,
-                Contender::WeirEosOverlap,
+                Contender::WeirEosInline,
                 Contender::WeirAlo,
                 Contender::KstreamsEos,
             ]
@@ -470,7 +470,7 @@ impl Launcher<'_> {
                 c
             }
             Contender::WeirEos
-            | Contender::WeirEosOverlap
+            | Contender::WeirEosInline
             | Contender::WeirAlo
             | Contender::WeirTotals => {
                 let example = if self.contender == Contender::WeirTotals {
@@ -492,8 +492,8 @@ impl Launcher<'_> {
                             "exactly_once"
                         },
                     ]);
-                if self.contender == Contender::WeirEosOverlap {
-                    c.args(["--set", "commit.overlap=true"]);
+                if self.contender == Contender::WeirEosInline {
+                    c.args(["--set", "commit.overlap=false"]);
                 }
                 // WEIR_BENCH_SET="k=v k=v": extra weir keys, for experiments.
                 for kv in std::env::var("WEIR_BENCH_SET")
@@ -837,11 +837,11 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, f64> {
             );
         }
         if let (Some(w), Some(c)) = (
-            get(Contender::WeirEosOverlap, ds),
+            get(Contender::WeirEosInline, ds),
             get(Contender::Ceiling, ds),
         ) {
             out.insert(
-                format!("weir-eos-overlap/ceiling {ds}"),
+                format!("weir-eos-inline/ceiling {ds}"),
                 w.records_per_s / c.records_per_s,
             );
         }

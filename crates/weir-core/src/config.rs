@@ -142,15 +142,13 @@ pub struct Config {
     #[serde(rename = "static.membership", default)]
     pub static_membership: bool,
 
-    /// `commit.overlap` (experimental): under exactly_once, a stateless application commits
-    /// each transaction in the background on one transactional producer while the next
-    /// transaction fills on a second one (transactional id
-    /// `{application.id}-{instance.id}#2`), so processing does not wait for the commit round
-    /// trips. Commits still complete in order, and a failed commit aborts the transaction after
-    /// it too. Applications with state stores always commit in line. Default false: under hard
-    /// broker failures a background `send_offsets_to_transaction` can block inside librdkafka
-    /// and keep the process from exiting (see docs/architecture.md).
-    #[serde(rename = "commit.overlap", default)]
+    /// `commit.overlap`: under exactly_once, a stateless application commits each transaction
+    /// in the background on one transactional producer while the next transaction fills on a
+    /// second one (transactional id `{application.id}-{instance.id}#2`), so processing does not
+    /// wait for the commit round trips. Commits still complete in order, and a failed commit
+    /// aborts the transaction after it too. Applications with state stores always commit in
+    /// line. Default true; false commits every transaction in line on one producer.
+    #[serde(rename = "commit.overlap", default = "defaults::commit_overlap")]
     pub commit_overlap: bool,
 
     /// `auto.offset.reset`: `earliest` (default), `latest` or `none`.
@@ -232,6 +230,9 @@ mod defaults {
     }
     pub(super) fn transaction_timeout() -> Duration {
         Duration::from_millis(10_000)
+    }
+    pub(super) fn commit_overlap() -> bool {
+        true
     }
     pub(super) fn max_batch_records() -> usize {
         5000

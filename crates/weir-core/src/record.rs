@@ -3,9 +3,15 @@
 //! A [`Record`] is one input record as it was read from Kafka, with its coordinates
 //! (topic, partition, offset). An [`Output`] is a record an operator emits; the runtime decides
 //! where it goes unless the operator names a topic or a partition.
+//!
+//! Keys and values are [`Bytes`]: reference-counted, so [`Record::forward`] and
+//! `Output::new(record.key.clone(), …)` share the input's bytes instead of copying them. Each
+//! payload is copied once out of the consumer and once into the producer.
 
 use std::fmt;
 use std::sync::Arc;
+
+pub use bytes::Bytes;
 
 /// One header of a record: a name and an optional value (Kafka allows null header values).
 #[derive(Clone, PartialEq, Eq)]
@@ -75,9 +81,9 @@ pub struct Record {
     /// The record timestamp in milliseconds since the Unix epoch, if it has one.
     pub timestamp_ms: Option<i64>,
     /// The key, or `None` for a null key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// The value, or `None` for a null value (a tombstone).
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// The headers, in their order on the record.
     pub headers: Vec<Header>,
 }
@@ -102,8 +108,9 @@ impl Record {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
 
-    /// An [`Output`] that copies this record unchanged (key, value, headers, timestamp) into
-    /// the same partition number of the default output topic.
+    /// An [`Output`] that carries this record unchanged (key, value, headers, timestamp) into
+    /// the same partition number of the default output topic. Key and value are shared with
+    /// the record, not copied.
     pub fn forward(&self) -> Output {
         Output {
             topic: None,
@@ -141,19 +148,20 @@ pub struct Output {
     /// Timestamp in milliseconds since the Unix epoch; `None` lets the producer stamp it.
     pub timestamp_ms: Option<i64>,
     /// The key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// The value.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// The headers.
     pub headers: Vec<Header>,
 }
 
 impl Output {
-    /// An output with this key and value, to the default output topic.
-    pub fn new(key: Option<impl Into<Vec<u8>>>, value: impl Into<Vec<u8>>) -> Self {
+    /// An output with this key and value, to the default output topic. Owned bytes and text
+    /// (`Vec<u8>`, `String`) are moved, [`Bytes`] shared, borrowed slices and strings copied.
+    pub fn new(key: Option<impl IntoPayload>, value: impl IntoPayload) -> Self {
         Self {
-            key: key.map(Into::into),
-            value: Some(value.into()),
+            key: key.map(IntoPayload::into_payload),
+            value: Some(value.into_payload()),
             ..Self::default()
         }
     }
@@ -177,5 +185,110 @@ impl Output {
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push(Header::new(key, value));
         self
+    }
+}
+
+/// What can become a record key or value ([`Output::new`]): owned bytes and text are moved,
+/// [`Bytes`] shared, borrowed slices and strings copied.
+pub trait IntoPayload {
+    /// The payload as [`Bytes`].
+    fn into_payload(self) -> Bytes;
+}
+
+impl IntoPayload for Bytes {
+    fn into_payload(self) -> Bytes {
+        self
+    }
+}
+
+impl IntoPayload for &Bytes {
+    fn into_payload(self) -> Bytes {
+        self.clone()
+    }
+}
+
+impl IntoPayload for Vec<u8> {
+    fn into_payload(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl IntoPayload for String {
+    fn into_payload(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl IntoPayload for &[u8] {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl<const N: usize> IntoPayload for &[u8; N] {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl IntoPayload for &str {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+impl IntoPayload for &String {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+impl IntoPayload for &Vec<u8> {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_shares_the_payload_instead_of_copying_it() {
+        let record = Record {
+            topic: Arc::from("in"),
+            partition: 2,
+            offset: 7,
+            timestamp_ms: Some(1),
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from(vec![7u8; 1024])),
+            headers: vec![Header::new("h", "v")],
+        };
+        let out = record.forward();
+        assert_eq!(out.partition, Some(2));
+        assert_eq!(out.timestamp_ms, Some(1));
+        assert_eq!(out.headers, record.headers);
+        let (a, b) = (record.value.as_ref().unwrap(), out.value.as_ref().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the value was copied");
+    }
+
+    #[test]
+    fn outputs_take_owned_shared_and_borrowed_payloads() {
+        let owned = vec![1u8, 2, 3];
+        let ptr = owned.as_ptr();
+        let out = Output::new(Some("key"), owned);
+        assert_eq!(out.key.as_deref(), Some(&b"key"[..]));
+        assert_eq!(
+            out.value.as_ref().unwrap().as_ptr(),
+            ptr,
+            "a Vec is moved, not copied"
+        );
+        let text = String::from("v");
+        let out = Output::new(Some(&text), text.as_str()).to_partition(1);
+        assert_eq!(out.value.as_deref(), Some(&b"v"[..]));
+        assert_eq!(out.partition, Some(1));
+        let out = Output::new(None::<Bytes>, b"x");
+        assert_eq!(out.key, None);
     }
 }

@@ -14,8 +14,9 @@
 //!   at_least_once: flush (every output acknowledged), then commit offsets
 //! ```
 //!
-//! Every transactional call runs on a blocking thread (`spawn_blocking`), never on an async
-//! worker. Errors take one path per class (`weir_kafka::errors`): retriable → the same call
+//! Every transactional call runs on a detached thread of its own ([`detached`]), never on an
+//! async worker, and never on tokio's blocking pool (whose threads a runtime waits for at
+//! shutdown). Errors take one path per class (`weir_kafka::errors`): retriable → the same call
 //! again; abortable → [`Engine::abort_and_rewind`]; fatal → stop.
 //!
 //! # Who may touch what
@@ -56,9 +57,9 @@ use rdkafka::message::{DeliveryResult, Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use weir_core::{
-    AssignedPartition, CommitInfo, Config, Context, Guarantee, OffsetReset, Output, PoisonHandling,
-    PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom, StoreSpec,
-    TopicPartition,
+    AssignedPartition, Bytes, CommitInfo, Config, Context, Guarantee, OffsetReset, Output,
+    PoisonHandling, PoisonRecord, PoisonTally, ProcessError, Processor, Record, StartFrom,
+    StoreSpec, TopicPartition,
 };
 use weir_kafka::clients::producer_config;
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
@@ -87,11 +88,63 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
         .expect("a blocking Kafka call panicked")
 }
 
+/// A producer call running on a thread of its own (see [`detached`]); await it for its result.
+pub(crate) struct Detached<T> {
+    result: tokio::sync::oneshot::Receiver<T>,
+    done: Arc<AtomicBool>,
+}
+
+impl<T> Detached<T> {
+    /// Whether the call has returned.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+impl<T> std::future::Future for Detached<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        std::pin::Pin::new(&mut self.result)
+            .poll(cx)
+            .map(|r| r.expect("a Kafka call on a detached thread panicked"))
+    }
+}
+
+/// Runs a producer call that librdkafka may never return from on a detached thread of its
+/// own, not on tokio's blocking pool: a runtime waits for its blocking-pool threads when it
+/// shuts down, so one call blocked inside librdkafka (librdkafka#5456, #5511:
+/// `send_offsets_to_transaction` while a coordinator broker disappears) would keep the process
+/// from exiting, while a detached thread ends with the process. Transactional calls are a few
+/// per commit, so a thread each costs nothing measurable.
+pub(crate) fn detached<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Detached<T> {
+    let (tx, result) = tokio::sync::oneshot::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    std::thread::Builder::new()
+        .name(format!("weir-{name}"))
+        .spawn(move || {
+            let value = f();
+            flag.store(true, Ordering::SeqCst);
+            let _ = tx.send(value);
+        })
+        .expect("spawning a thread for a Kafka call");
+    Detached { result, done }
+}
+
 /// Counts failed deliveries since the last commit; read at commit time.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryState {
     failed: AtomicU64,
     first: StdMutex<Option<String>>,
+    /// Whether any changelog topic is tracked: without one, a delivery takes no lock.
+    tracking: AtomicBool,
     /// The changelog topics, and per changelog partition the highest offset delivered since
     /// the last commit (the next restore starts after it).
     changelogs: StdMutex<ChangelogTracker>,
@@ -105,11 +158,10 @@ impl DeliveryState {
     }
 
     pub(crate) fn track_changelogs(&self, topics: impl IntoIterator<Item = String>) {
-        self.changelogs
-            .lock()
-            .expect("poisoned")
-            .topics
-            .extend(topics);
+        let mut changelogs = self.changelogs.lock().expect("poisoned");
+        changelogs.topics.extend(topics);
+        self.tracking
+            .store(!changelogs.topics.is_empty(), Ordering::SeqCst);
     }
 
     fn take_changelog_offsets(&self) -> BTreeMap<(String, i32), i64> {
@@ -146,7 +198,7 @@ pub(crate) async fn init_transactions(
     let mut attempt = 0;
     loop {
         let p = Arc::clone(producer);
-        match blocking(move || p.init_transactions(CALL_TIMEOUT)).await {
+        match detached("init-txn", move || p.init_transactions(CALL_TIMEOUT)).await {
             Ok(()) => return Ok(()),
             Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 5 => {
                 attempt += 1;
@@ -190,7 +242,7 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Ok(message) = result {
+        if let (Ok(message), true) = (result, self.0.tracking.load(Ordering::Relaxed)) {
             let mut changelogs = self.0.changelogs.lock().expect("poisoned");
             if changelogs.topics.contains(message.topic()) {
                 let key = (message.topic().to_string(), message.partition());
@@ -259,8 +311,8 @@ type CommitResult = Result<(), (&'static str, KafkaError)>;
 struct Committing {
     /// The producer whose transaction it is; the spare again once it has committed.
     producer: Arc<WeirProducer>,
-    /// `send_offsets_to_transaction` and `commit_transaction`, on a blocking thread.
-    task: tokio::task::JoinHandle<CommitResult>,
+    /// `send_offsets_to_transaction` and `commit_transaction`, on a detached thread.
+    task: Detached<CommitResult>,
     offsets: Vec<(TopicPartition, i64)>,
     records_in: u64,
     records_out: u64,
@@ -740,7 +792,7 @@ impl Engine {
         };
         let producer = std::mem::replace(&mut self.producer, next);
         let p = Arc::clone(&producer);
-        let task = tokio::task::spawn_blocking(move || {
+        let task = detached("commit", move || {
             if let Some(tpl) = tpl {
                 retry_blocking("send_offsets_to_transaction", || {
                     p.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)
@@ -821,9 +873,9 @@ impl Engine {
     async fn committing_ended(
         &mut self,
         c: Committing,
-        outcome: Result<Result<CommitResult, tokio::task::JoinError>, tokio::time::error::Elapsed>,
+        outcome: Result<CommitResult, tokio::time::error::Elapsed>,
     ) -> Result<Option<(&'static str, KafkaError)>, RuntimeError> {
-        if let Ok(Ok(Ok(()))) = outcome {
+        if let Ok(Ok(())) = outcome {
             self.spare = Some(c.producer);
             self.resume_at.extend(c.offsets.iter().cloned());
             self.publish_committed();
@@ -846,7 +898,7 @@ impl Engine {
         self.spare = Some(std::mem::replace(&mut self.producer, c.producer));
         self.txn_open = true;
         match outcome {
-            Ok(joined) => Ok(joined.expect("a blocking Kafka call panicked").err()),
+            Ok(result) => Ok(result.err()),
             Err(_) => {
                 self.producer_stuck = true;
                 let err = RuntimeError::Stuck {
@@ -960,9 +1012,9 @@ impl Engine {
         call: impl FnOnce(&WeirProducer) -> T + Send + 'static,
     ) -> Result<T, RuntimeError> {
         let producer = Arc::clone(&self.producer);
-        let handle = tokio::task::spawn_blocking(move || call(&producer));
-        match tokio::time::timeout(WATCHDOG, handle).await {
-            Ok(result) => Ok(result.expect("a blocking Kafka call panicked")),
+        let call = detached(during, move || call(&producer));
+        match tokio::time::timeout(WATCHDOG, call).await {
+            Ok(result) => Ok(result),
             Err(_) => {
                 self.producer_stuck = true;
                 let err = RuntimeError::Stuck {
@@ -1161,11 +1213,10 @@ impl Engine {
             }
             if self.txn_open && !self.producer_stuck {
                 let producer = Arc::clone(&self.producer);
-                let abort =
-                    tokio::task::spawn_blocking(move || producer.abort_transaction(CALL_TIMEOUT));
+                let abort = detached("abort", move || producer.abort_transaction(CALL_TIMEOUT));
                 match tokio::time::timeout(WATCHDOG, abort).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "could not abort the open transaction while stopping; the broker aborts it after transaction.timeout.ms, or the next start of this instance does");
                     }
                     _ => tracing::warn!("abort_transaction did not return while stopping; the broker aborts the transaction after transaction.timeout.ms"),
@@ -1303,14 +1354,14 @@ impl Engine {
         let producer = new_producer(&self.config, &self.transactional_id, &self.delivery).await?;
         let old = std::mem::replace(&mut self.producer, producer);
         // Destroying the old client may block (a stuck call still holds it): not awaited.
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        drop(detached("drop-producer", move || drop(old)));
         if self.overlap {
             // Both transactional ids start afresh: `init_transactions` aborts whatever the
             // other one left open.
             let second = self.config.second_transactional_id(&self.instance_id);
             let spare = new_producer(&self.config, &second, &self.delivery).await?;
             if let Some(old) = self.spare.replace(spare) {
-                drop(tokio::task::spawn_blocking(move || drop(old)));
+                drop(detached("drop-producer", move || drop(old)));
             }
         }
         self.producer_stuck = false;
@@ -1493,8 +1544,8 @@ impl Engine {
             records.push(Output {
                 topic: Some(changelog_topic(app, store)),
                 partition: Some(task),
-                key: Some(key.to_vec()),
-                value: value.map(<[u8]>::to_vec),
+                key: Some(Bytes::copy_from_slice(key)),
+                value: value.map(Bytes::copy_from_slice),
                 ..Output::default()
             });
         });

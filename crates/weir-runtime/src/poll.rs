@@ -21,7 +21,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
-use weir_core::{Header, Record, TopicPartition};
+use weir_core::{Bytes, Header, Record, TopicPartition};
 
 use crate::engine::WeirConsumer;
 
@@ -103,8 +103,8 @@ fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) ->
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
+        key: m.key().map(Bytes::copy_from_slice),
+        value: m.payload().map(Bytes::copy_from_slice),
         headers,
     }
 }
