@@ -358,7 +358,13 @@ fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
             .values()
             .all(|o| *o == Some(500))
     });
-    let first = scrape(&address);
+    // A commit is counted when weir has taken up its outcome — with `commit.overlap` that is
+    // the loop turn after the background commit returned, a moment after Kafka shows it.
+    let mut first = String::new();
+    wait_for("the commit counted", Duration::from_secs(10), || {
+        first = scrape(&address);
+        sample(&first, "weir_commits_total", "reason=\"interval\"").is_some()
+    });
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert_eq!(
         sample(&first, "weir_records_in_total", ""),

@@ -372,8 +372,8 @@ async fn main_loop(
     result
 }
 
-/// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, the
-/// batch, and the commit when it is due.
+/// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, a
+/// background commit that has finished, the batch, and the commit when it is due.
 async fn step(engine: &mut Engine, polled: poll::Polled) -> Result<(), RuntimeError> {
     if let Some(e) = engine.failure.take() {
         return Err(e);
@@ -381,6 +381,7 @@ async fn step(engine: &mut Engine, polled: poll::Polled) -> Result<(), RuntimeEr
     if let Some(e) = polled.error {
         poll_error(e)?;
     }
+    engine.settle_if_finished().await?;
     engine.process(polled.records).await?;
     if engine.commit_due() {
         engine.commit("interval").await?;

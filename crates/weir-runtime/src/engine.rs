@@ -821,6 +821,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Records a background commit that has finished (metrics, totals, `on_commit`) without
+    /// waiting for the next commit point, which an idle input may never bring.
+    pub(crate) async fn settle_if_finished(&mut self) -> Result<(), RuntimeError> {
+        if self
+            .committing
+            .as_ref()
+            .is_some_and(|c| c.task.is_finished())
+        {
+            self.settle_committing().await?;
+        }
+        Ok(())
+    }
+
     /// Waits for the transaction committing in the background, if any, and records it. Returns
     /// `Ok(false)` when it failed and was aborted, together with the open transaction (which
     /// holds work from after it), and every partition was rewound.
