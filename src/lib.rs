@@ -15,7 +15,7 @@
 //!     async fn process(&mut self, batch: &[Record], ctx: &mut Context<'_>) -> Result<(), ProcessError> {
 //!         for record in batch {
 //!             let mut out = record.forward();
-//!             out.value = record.value_str().map(|v| v.to_uppercase().into_bytes());
+//!             out.value = record.value_str().map(|v| v.to_uppercase().into());
 //!             ctx.emit(out);
 //!         }
 //!         Ok(())
