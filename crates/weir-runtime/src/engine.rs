@@ -91,13 +91,12 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 /// A producer call running on a thread of its own (see [`detached`]); await it for its result.
 pub(crate) struct Detached<T> {
     result: tokio::sync::oneshot::Receiver<T>,
-    done: Arc<AtomicBool>,
 }
 
 impl<T> Detached<T> {
-    /// Whether the call has returned.
+    /// Whether the call has returned and its result waits to be taken.
     pub(crate) fn is_finished(&self) -> bool {
-        self.done.load(Ordering::SeqCst)
+        !self.result.is_empty()
     }
 }
 
@@ -125,17 +124,13 @@ pub(crate) fn detached<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Detached<T> {
     let (tx, result) = tokio::sync::oneshot::channel();
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&done);
     std::thread::Builder::new()
         .name(format!("weir-{name}"))
         .spawn(move || {
-            let value = f();
-            flag.store(true, Ordering::SeqCst);
-            let _ = tx.send(value);
+            let _ = tx.send(f());
         })
         .expect("spawning a thread for a Kafka call");
-    Detached { result, done }
+    Detached { result }
 }
 
 /// Counts failed deliveries since the last commit; read at commit time.
