@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `ceiling` | a raw rdkafka copy: consume, produce (acks=all, idempotent), offsets committed async every interval; no transactions |
 //! | `weir-eos` | the `mirror` example, exactly_once |
+//! | `weir-eos-inline` | the same with `commit.overlap = false` (each commit completes before the next transaction starts) |
 //! | `weir-alo` | the `mirror` example, at_least_once |
 //! | `kstreams-eos` | Kafka Streams 4.1 `stream(in).to(out)`, exactly_once_v2 |
 //! | `weir-totals` | the `totals` example (RocksDB store with changelog), exactly_once |
@@ -28,8 +29,10 @@
 //!    produced at `--latency-rate` per second for `--latency-secs`, each stamped with its send
 //!    time; the reader takes `time seen committed − record timestamp` for each: p50 and p99.
 //!
-//! Runs repeat `--runs` times (3); the table shows medians and the ratios to the ceiling and to
-//! Kafka Streams from this same invocation; `--json FILE` (default
+//! Runs repeat `--runs` times (3), round-robin per dataset (run 1 of every contender, then run
+//! 2, ...), so a drift of the machine over the session does not favour whoever runs first; the
+//! table shows medians and the ratios to the ceiling and to Kafka Streams from this same
+//! invocation; `--json FILE` (default
 //! `target/bench/bench-<unix time>.json`) gets every run.
 //!
 //! ```text
@@ -260,9 +263,12 @@ fn main() -> anyhow::Result<()> {
             plan.extend(args.sweep.iter().map(|ms| (Contender::WeirEos, *ms)));
         }
         plan.retain(|(c, _)| args.only.is_empty() || args.only.iter().any(|o| o == c.name()));
-        for (contender, interval) in plan {
-            let mut runs = Vec::new();
-            for i in 0..args.runs {
+        // Round-robin: run i of every contender before run i + 1 of any, so that a drift of
+        // the machine or the broker over the session (page cache, log growth, other load)
+        // spreads over all contenders instead of favouring those that run first.
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plan.len()];
+        for i in 0..args.runs {
+            for (&(contender, interval), runs) in plan.iter().zip(runs.iter_mut()) {
                 let launcher = Launcher {
                     kafka: &kafka,
                     kstreams: kstreams.as_deref(),
@@ -296,6 +302,8 @@ fn main() -> anyhow::Result<()> {
                 );
                 runs.push(run);
             }
+        }
+        for ((contender, interval), runs) in plan.into_iter().zip(runs) {
             let median = median(&runs);
             rows.push(Row {
                 contender,

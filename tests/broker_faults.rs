@@ -50,7 +50,8 @@ fn copier_is_exactly_once_through_broker_bounces() {
         for (i, p) in instances.iter_mut().enumerate() {
             assert!(
                 p.is_running(),
-                "instance {i} died when broker {broker} was bounced"
+                "instance {i} died when broker {broker} was bounced; {}",
+                g.log_tail(i, 80)
             );
         }
     }
@@ -58,7 +59,11 @@ fn copier_is_exactly_once_through_broker_bounces() {
     g.wait_done(&kafka, Duration::from_secs(240));
     for (i, p) in instances.into_iter().enumerate() {
         let status = p.terminate(Duration::from_secs(60));
-        assert!(status.success(), "instance {i} exited with {status}");
+        assert!(
+            status.success(),
+            "instance {i} exited with {status}; {}",
+            g.log_tail(i, 80)
+        );
     }
     let report = g.verify(&kafka, Check::Copy, live);
     eprintln!(

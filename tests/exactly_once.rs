@@ -16,15 +16,15 @@ use weir_testkit::{example_bin, shared, unique, verify_copy, ChildProcess, Isola
 const PARTITIONS: i32 = 4;
 const PER_PARTITION: usize = 15_000; // 60,000 records in all
 
-fn start_mirror(
+/// The `mirror` command (1 s commit interval, log next to `state`), without a session timeout.
+fn mirror_cmd(
     kafka: &Kafka,
     app: &str,
     input: &str,
     output: &str,
     state: &Path,
     run: usize,
-    failpoint: Option<&str>,
-) -> ChildProcess {
+) -> Command {
     let log =
         std::fs::File::create(state.with_extension(format!("run{run}.log"))).expect("log file");
     let mut cmd = Command::new(example_bin("mirror"));
@@ -40,11 +40,24 @@ fn start_mirror(
         .arg("--state-dir")
         .arg(state)
         .args(["--commit-interval-ms", "1000"])
-        // A killed incarnation's partitions wait for its session to expire: keep it short.
-        .args(["--set", "consumer.session.timeout.ms=6000"])
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdout(std::process::Stdio::null())
         .stderr(log);
+    cmd
+}
+
+fn start_mirror(
+    kafka: &Kafka,
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &Path,
+    run: usize,
+    failpoint: Option<&str>,
+) -> ChildProcess {
+    let mut cmd = mirror_cmd(kafka, app, input, output, state, run);
+    // A killed incarnation's partitions wait for its session to expire: keep it short.
+    cmd.args(["--set", "consumer.session.timeout.ms=6000"]);
     if let Some(f) = failpoint {
         // The failpoint runs are about overlapped commits.
         cmd.env("WEIR_FAILPOINT", f)
@@ -204,4 +217,90 @@ fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
             "{failpoint}: a transaction was left open"
         );
     }
+}
+
+/// A transaction that outlives `transaction.timeout.ms` (here: the instance frozen with SIGSTOP
+/// while one is open; in `tests/broker_faults.rs`: an `abort_transaction` queued 10 s for a
+/// killed coordinator) is aborted by its coordinator, which bumps the producer epoch, so the
+/// next transactional call fails as *fenced* although no other instance has this transactional
+/// id. weir tells the two apart by the transaction's age: it replaces its producer and goes on
+/// from the committed offsets instead of stopping, and the output stays an exact copy. The
+/// session timeout (30 s) outlasts the freeze, so the group keeps the instance as it was.
+#[test]
+fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
+    let kafka = shared();
+    let (input, output, app) = (unique("tmo-in"), unique("tmo-out"), unique("tmo-app"));
+    kafka.create_topic(&input, 2);
+    kafka.create_topic(&output, 2);
+    let state = state_dir();
+    let records = numbered(2, 6_000);
+    let (first, rest) = records.split_at(2_000);
+    kafka.produce(&input, first.to_vec());
+    // Input arrives for ~40 s, through the freeze and after it.
+    let producer = feed(
+        kafka.bootstrap_servers(),
+        &input,
+        rest.to_vec(),
+        100,
+        Duration::from_secs(1),
+    );
+    let mut cmd = mirror_cmd(kafka, &app, &input, &output, &state, 0);
+    cmd.args(["--set", "consumer.session.timeout.ms=30000"])
+        .args(["--set", "transaction.timeout.ms=10000"]);
+    let mut mirror = ChildProcess::spawn("mirror", cmd);
+    wait_for(
+        "an open transaction on the output",
+        Duration::from_secs(60),
+        || !kafka.open_transactions(&output).is_empty(),
+    );
+    mirror.suspend();
+    // transaction.timeout.ms, plus the broker's check for timed-out transactions (every 5 s on
+    // the test kit's brokers, 10 s by default), plus a margin.
+    std::thread::sleep(Duration::from_secs(24));
+    mirror.resume();
+    let log_path = state.with_extension("run0.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !kafka
+        .committed_offsets(&app, &input)
+        .values()
+        .all(|o| *o == Some(6_000))
+    {
+        assert!(
+            mirror.is_running(),
+            "the instance stopped after its transaction timed out: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the group's offsets did not reach the end of the input in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    producer.join().expect("producer thread");
+    let status = mirror.terminate(Duration::from_secs(30));
+    assert!(status.success(), "mirror exited with {status}");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    // The broker aborted the frozen transaction: the instance saw it, one way or the other.
+    assert!(
+        log.contains("replacing it") || log.contains("transaction aborted"),
+        "no abort after the freeze: the transaction was not timed out, nothing tested"
+    );
+    eprintln!(
+        "after the freeze: {}",
+        if log.contains("bumped the producer epoch") {
+            "fenced by the broker's timeout abort; producer replaced"
+        } else {
+            "aborted without fencing"
+        }
+    );
+    let report = verify_copy(
+        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_to_end(&output, Isolation::ReadCommitted),
+    );
+    assert!(report.is_exactly_once(), "{report}");
+    assert_eq!(
+        kafka.open_transactions(&output),
+        vec![],
+        "a transaction was left open"
+    );
 }

@@ -40,20 +40,22 @@ fn bounce(g: &mut AppGroup, instances: &mut [Option<ChildProcess>], i: usize, fa
             let status = p.terminate(Duration::from_secs(60));
             assert!(
                 status.success(),
-                "instance {i} exited with {status} after SIGTERM"
+                "instance {i} exited with {status} after SIGTERM; {}",
+                g.log_tail(i, 80)
             );
         }
     }
     instances[i] = Some(g.start(i));
 }
 
-fn stop_all(instances: Vec<Option<ChildProcess>>) {
+fn stop_all(g: &AppGroup, instances: Vec<Option<ChildProcess>>) {
     for (i, p) in instances.into_iter().enumerate() {
         if let Some(p) = p {
             let status = p.terminate(Duration::from_secs(60));
             assert!(
                 status.success(),
-                "instance {i} exited with {status} after SIGTERM"
+                "instance {i} exited with {status} after SIGTERM; {}",
+                g.log_tail(i, 80)
             );
         }
     }
@@ -85,7 +87,7 @@ fn instance_fault_rounds(
     }
     feeder.join().expect("feeder");
     g.wait_done(kafka, Duration::from_secs(180));
-    stop_all(instances);
+    stop_all(&g, instances);
     (g.verify(kafka, check, live), secs(started))
 }
 
@@ -169,12 +171,16 @@ fn totals_is_exactly_once_through_rebalance_rounds() {
         } else {
             let p = instances[i].take().expect("running");
             let status = p.terminate(Duration::from_secs(60));
-            assert!(status.success(), "instance {i} exited with {status}");
+            assert!(
+                status.success(),
+                "instance {i} exited with {status}; {}",
+                g.log_tail(i, 80)
+            );
         }
     }
     feeder.join().expect("feeder");
     g.wait_done(kafka, Duration::from_secs(180));
-    stop_all(instances);
+    stop_all(&g, instances);
     let report = g.verify(kafka, Check::Totals, live);
     let restores = (0..INSTANCES)
         .flat_map(|i| g.logs(i))
@@ -248,7 +254,7 @@ fn a_paused_instance_is_fenced_when_it_resumes() {
             }
         })
         .expect("zombie");
-    stop_all(vec![other.take()]);
+    stop_all(&g, vec![None, other.take()]);
     let report = g.verify(kafka, Check::Copy, live);
     let log: String = g
         .logs(0)

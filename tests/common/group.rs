@@ -99,6 +99,18 @@ impl AppGroup {
         logs
     }
 
+    /// The last `lines` lines of instance `i`'s latest log, for a failure message: what the
+    /// instance said before it died.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let Some(path) = self.logs(i).pop() else {
+            return format!("(instance {i} has no log)");
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({e})"));
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!("last lines of {}:\n{tail}", path.display())
+    }
+
     /// Input records the group has committed, over all partitions.
     pub fn progress(&self, kafka: &Kafka) -> i64 {
         kafka

@@ -81,6 +81,11 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// #5511: `send_offsets_to_transaction` while a coordinator broker disappears).
 const WATCHDOG: Duration = Duration::from_secs(45);
 
+/// Producer replacements allowed with no commit between them (see
+/// [`Engine::replace_producer`]); with the back-off between them, at least 15 s plus five
+/// failures of the cluster.
+const MAX_REPLACEMENTS_IN_A_ROW: u32 = 5;
+
 /// Runs a blocking client call on tokio's blocking pool, off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
@@ -313,6 +318,8 @@ struct Committing {
     records_out: u64,
     reason: &'static str,
     started: Instant,
+    /// When its transaction began (for telling a timeout abort from fencing, see `txn_error`).
+    began: Instant,
 }
 
 /// See the module documentation.
@@ -343,6 +350,13 @@ pub(crate) struct Engine {
     /// The transaction committing in the background, on the producer that is not current.
     /// Commits complete in order: it is settled before anything else commits or aborts.
     committing: Option<Committing>,
+    /// The producer of the transaction committing in the background, while it may still have
+    /// outputs in flight: until it has none, the open transaction's outputs wait in `held`, so
+    /// that each output partition keeps the order of its inputs without the main loop waiting.
+    gate: Option<Arc<WeirProducer>>,
+    /// Outputs of the open transaction not yet handed to the producer (see `gate`); they are
+    /// sent before the transaction commits.
+    held: Vec<Output>,
 
     /// RocksDB state, when the operator declares stores. Moved out while a blocking call
     /// (prepare, apply, restore) runs on the blocking pool.
@@ -370,10 +384,13 @@ pub(crate) struct Engine {
     pub(crate) stopped: bool,
     /// Totals for the run summary.
     pub(crate) totals: crate::RunSummary,
-    /// When the producer was last replaced (see `replace_producer`), for the budget.
-    producer_replacements: Vec<Instant>,
+    /// Producer replacements since the last successful commit (see `replace_producer`).
+    replacements_in_a_row: u32,
     /// Set when a transactional call did not return within [`WATCHDOG`].
     producer_stuck: bool,
+    /// Set when the producer was "fenced" after its transaction had been open longer than
+    /// `transaction.timeout.ms`: the broker aborted it and bumped the epoch (see `txn_error`).
+    epoch_bumped: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -421,6 +438,8 @@ impl Engine {
             overlap: false,
             spare: None,
             committing: None,
+            gate: None,
+            held: Vec::new(),
             state,
             restore_observer: None,
             assigned: BTreeSet::new(),
@@ -430,8 +449,9 @@ impl Engine {
             failure: None,
             stopped: false,
             totals: crate::RunSummary::default(),
-            producer_replacements: Vec::new(),
+            replacements_in_a_row: 0,
             producer_stuck: false,
+            epoch_bumped: false,
         }
     }
 
@@ -487,7 +507,7 @@ impl Engine {
         Some(result)
     }
 
-    fn txn_error(&self, during: &'static str, source: KafkaError) -> RuntimeError {
+    fn txn_error(&mut self, during: &'static str, source: KafkaError) -> RuntimeError {
         // Once the producer hit a fatal error, every call reports `ERR__FATAL`; the cause
         // (fenced or not) is kept by the client.
         let fatal_fenced = source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
@@ -503,7 +523,24 @@ impl Engine {
                             | RDKafkaErrorCode::InvalidProducerEpoch
                     )
                 });
-        if is_fenced(&source) || fatal_fenced {
+        let fenced = is_fenced(&source) || fatal_fenced;
+        let open_for = self.period_started.elapsed();
+        if fenced && self.txn_open && open_for >= self.config.transaction_timeout {
+            // Not another instance: this transaction outlived transaction.timeout.ms (a broker
+            // failure held it up), the coordinator aborted it and bumped the producer's epoch,
+            // and librdkafka reports the next call on it as fenced. A new producer heals that.
+            self.epoch_bumped = true;
+            return RuntimeError::Kafka {
+                during: format!(
+                    "{during} (the broker aborted the transaction, open for {:.1} s, past \
+                     transaction.timeout.ms = {} ms, and bumped the producer epoch)",
+                    open_for.as_secs_f64(),
+                    self.config.transaction_timeout.as_millis()
+                ),
+                source: source.into(),
+            };
+        }
+        if fenced {
             telemetry::fenced();
             RuntimeError::Fenced {
                 during: during.to_string(),
@@ -632,7 +669,18 @@ impl Engine {
     /// Hands the buffered outputs to the producer (waiting while its queue is full).
     /// Returns `None` when the transaction had to be aborted instead (the work is replayed).
     async fn produce_outputs(&mut self) -> Result<Option<u64>, RuntimeError> {
+        let fresh = self.outputs.len() as u64;
+        if self.gate_closed() {
+            self.held.append(&mut self.outputs);
+            return Ok(Some(fresh));
+        }
         let mut outputs = std::mem::take(&mut self.outputs);
+        if !self.held.is_empty() {
+            // The held outputs came first.
+            let mut held = std::mem::take(&mut self.held);
+            held.append(&mut outputs);
+            outputs = held;
+        }
         let mut produced = 0;
         let mut result = Ok(());
         let mut aborted: Option<String> = None;
@@ -710,9 +758,30 @@ impl Engine {
             return Ok(None);
         }
         match result {
-            Ok(()) => Ok(Some(produced)),
+            Ok(()) => Ok(Some(fresh)),
             Err(e) => Err(self.stop(e).await),
         }
+    }
+
+    /// Whether the open transaction's outputs must still wait (see `gate`); opens the gate
+    /// once the committing producer has nothing in flight.
+    fn gate_closed(&mut self) -> bool {
+        match &self.gate {
+            Some(p) if p.in_flight_count() > 0 => true,
+            _ => {
+                self.gate = None;
+                false
+            }
+        }
+    }
+
+    /// Hands the held outputs to the producer once the gate is open. Returns `false` when the
+    /// transaction had to be aborted instead (the work is replayed).
+    async fn release_held(&mut self) -> Result<bool, RuntimeError> {
+        if self.held.is_empty() || self.gate_closed() {
+            return Ok(true);
+        }
+        Ok(self.produce_outputs().await?.is_some())
     }
 
     /// Step 3 of the commit cycle: commit outputs and input offsets. With `commit.overlap`, an
@@ -725,14 +794,17 @@ impl Engine {
         if !self.settle_committing().await? {
             return Ok(());
         }
+        // The previous transaction has committed (so its producer has nothing in flight): the
+        // outputs held back for it go out before this transaction commits.
+        self.gate = None;
+        if !self.release_held().await? {
+            return Ok(());
+        }
         if self.overlap && reason == "interval" && self.txn_open && self.spare.is_some() {
-            // The next transaction's outputs may go out only once every output of this one is
-            // written, so that each output partition keeps the order of its inputs. If the
-            // producer cannot drain now, the commit takes the in-line path.
-            let producer = Arc::clone(&self.producer);
-            if blocking(move || drain(&producer)).await {
-                return self.commit_in_background(reason).await;
-            }
+            // The next transaction fills on the spare producer at once; its outputs wait (in
+            // `held`) until every output of this one is written, so that each output partition
+            // keeps the order of its inputs.
+            return self.commit_in_background(reason).await;
         }
         let started = Instant::now();
         let committed = if self.exactly_once() {
@@ -786,6 +858,7 @@ impl Engine {
             ));
         };
         let producer = std::mem::replace(&mut self.producer, next);
+        self.gate = Some(Arc::clone(&producer));
         let p = Arc::clone(&producer);
         let task = detached("commit", move || {
             if let Some(tpl) = tpl {
@@ -809,6 +882,7 @@ impl Engine {
             records_out: std::mem::take(&mut self.pending_out),
             reason,
             started: Instant::now(),
+            began: self.period_started,
         });
         self.txn_open = false;
         self.positions.clear();
@@ -824,8 +898,12 @@ impl Engine {
             .as_ref()
             .is_some_and(|c| c.task.is_finished())
         {
-            self.settle_committing().await?;
+            if self.settle_committing().await? {
+                self.gate = None;
+            }
         }
+        // Outputs held back for a producer that has drained go out now, not at the commit.
+        self.release_held().await?;
         Ok(())
     }
 
@@ -883,6 +961,9 @@ impl Engine {
         c: Committing,
         outcome: Result<CommitResult, tokio::time::error::Elapsed>,
     ) -> Result<Option<(&'static str, KafkaError)>, RuntimeError> {
+        // Either way the gate's producer is settled: committed (nothing in flight) or current
+        // again with its transaction to abort.
+        self.gate = None;
         if let Ok(Ok(())) = outcome {
             self.spare = Some(c.producer);
             self.resume_at.extend(c.offsets.iter().cloned());
@@ -891,20 +972,11 @@ impl Engine {
                 .await?;
             return Ok(None);
         }
-        if self.txn_open {
-            match self
-                .watched("abort_transaction", |p| p.abort_transaction(CALL_TIMEOUT))
-                .await?
-            {
-                Ok(()) => self.txn_open = false,
-                Err(e) => {
-                    let err = self.txn_error("abort_transaction", e);
-                    return Err(self.stop(err).await);
-                }
-            }
-        }
+        // The open transaction holds work from after the failed one: it goes first.
+        self.abort_open().await?;
         self.spare = Some(std::mem::replace(&mut self.producer, c.producer));
         self.txn_open = true;
+        self.period_started = c.began;
         match outcome {
             Ok(result) => Ok(result.err()),
             Err(_) => {
@@ -934,6 +1006,7 @@ impl Engine {
         };
         telemetry::committed(reason, started.elapsed(), info.records_in, info.records_out);
         self.totals.commits += 1;
+        self.replacements_in_a_row = 0;
         self.totals.records_in += info.records_in;
         self.totals.records_out += info.records_out;
         self.consecutive_failures = 0;
@@ -1142,35 +1215,11 @@ impl Engine {
         }
         telemetry::aborted(during, cause);
         self.totals.aborts += 1;
-        if self.txn_open {
-            let mut attempt = 0;
-            loop {
-                match self
-                    .watched("abort_transaction", |p| p.abort_transaction(CALL_TIMEOUT))
-                    .await?
-                {
-                    Ok(()) => break,
-                    Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 10 => {
-                        attempt += 1;
-                        let backoff = Duration::from_millis(100 * attempt);
-                        telemetry::retrying(
-                            "abort_transaction",
-                            &e.to_string(),
-                            attempt as u32,
-                            backoff,
-                        );
-                        tokio::time::sleep(backoff).await;
-                    }
-                    Err(e) => {
-                        let err = self.txn_error("abort_transaction", e);
-                        return Err(self.stop(err).await);
-                    }
-                }
-            }
-            self.txn_open = false;
-        }
+        self.abort_open().await?;
         self.positions.clear();
         self.outputs.clear();
+        self.held.clear();
+        self.gate = None;
         self.pending_in = 0;
         self.pending_out = 0;
         self.delivery.reset();
@@ -1185,6 +1234,42 @@ impl Engine {
             return Err(self.stop(err).await);
         }
         self.rewind_pending.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Aborts the open transaction on the current producer, if any: the call again while its
+    /// error is retriable (a coordinator moving during a broker failure), at most ten times
+    /// with a growing back-off; any other error stops (a fatal one marks the producer for
+    /// replacement, see [`producer_failed`](Self::producer_failed)).
+    async fn abort_open(&mut self) -> Result<(), RuntimeError> {
+        if !self.txn_open {
+            return Ok(());
+        }
+        let mut attempt = 0;
+        loop {
+            match self
+                .watched("abort_transaction", |p| p.abort_transaction(CALL_TIMEOUT))
+                .await?
+            {
+                Ok(()) => break,
+                Err(e) if classify(&e) == TxnErrorClass::Retriable && attempt < 10 => {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(100 * attempt);
+                    telemetry::retrying(
+                        "abort_transaction",
+                        &e.to_string(),
+                        attempt as u32,
+                        backoff,
+                    );
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => {
+                    let err = self.txn_error("abort_transaction", e);
+                    return Err(self.stop(err).await);
+                }
+            }
+        }
+        self.txn_open = false;
         Ok(())
     }
 
@@ -1232,6 +1317,8 @@ impl Engine {
             }
             self.txn_open = false;
             self.positions.clear();
+            self.held.clear();
+            self.gate = None;
             if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
                 tracing::warn!(error = %e, "could not drop the uncommitted state while stopping; recovery rolls it back");
             }
@@ -1303,6 +1390,7 @@ impl Engine {
     /// id over; replacing it would fence that one in turn, so fencing stops the application.
     pub(crate) fn producer_failed(&self) -> bool {
         self.producer_stuck
+            || self.epoch_bumped
             || self
                 .producer
                 .client()
@@ -1325,23 +1413,30 @@ impl Engine {
     /// This heals a producer whose transaction the broker aborted behind its back — e.g. its
     /// records timed out while a broker was down and the coordinator then refused to end the
     /// transaction (`INVALID_TXN_STATE`, fatal in librdkafka). Fencing is not healed (see
-    /// [`producer_failed`](Self::producer_failed)). More than three replacements in ten minutes
-    /// stop the application with `cause`: something is persistently wrong.
+    /// [`producer_failed`](Self::producer_failed)). A broker failure can take more than one
+    /// replacement (each new transaction may time out again until the controller has moved the
+    /// dead broker's leaders), so the budget counts replacements with no commit between them:
+    /// after [`MAX_REPLACEMENTS_IN_A_ROW`], the next failure stops the application with
+    /// `cause`, since something is persistently wrong.
     pub(crate) async fn replace_producer(
         &mut self,
         cause: RuntimeError,
     ) -> Result<(), RuntimeError> {
-        let now = Instant::now();
-        self.producer_replacements
-            .retain(|t| now.duration_since(*t) < Duration::from_secs(600));
-        if self.producer_replacements.len() >= 3 {
+        if self.replacements_in_a_row >= MAX_REPLACEMENTS_IN_A_ROW {
             tracing::error!(
-                replacements = self.producer_replacements.len(),
-                "the producer failed again after three replacements in ten minutes; stopping"
+                replacements = self.replacements_in_a_row,
+                "the producer failed again after {MAX_REPLACEMENTS_IN_A_ROW} replacements with no \
+                 commit between them; stopping"
             );
             return Err(self.stop(cause).await);
         }
-        self.producer_replacements.push(now);
+        self.replacements_in_a_row += 1;
+        // The first replacement is immediate; the next ones (nothing committed since) give the
+        // cluster time to recover: 1 s, 2 s, 4 s, 8 s.
+        let backoff = match self.replacements_in_a_row {
+            1 => Duration::ZERO,
+            n => Duration::from_secs(1 << (n - 2)),
+        };
         tracing::warn!(error = %cause, transactional_id = %self.transactional_id,
             "the producer failed; replacing it and resuming every task from the committed offsets");
         telemetry::aborted("replacing the producer", &cause.to_string());
@@ -1350,6 +1445,8 @@ impl Engine {
         self.stop(cause).await;
         self.txn_open = false;
         self.outputs.clear();
+        self.held.clear();
+        self.gate = None;
         self.pending_in = 0;
         self.pending_out = 0;
         self.delivery.reset();
@@ -1359,6 +1456,7 @@ impl Engine {
                 message: e.to_string(),
             });
         }
+        tokio::time::sleep(backoff).await;
         let producer = new_producer(&self.config, &self.transactional_id, &self.delivery).await?;
         let old = std::mem::replace(&mut self.producer, producer);
         // Destroying the old client may block (a stuck call still holds it): not awaited.
@@ -1373,6 +1471,7 @@ impl Engine {
             }
         }
         self.producer_stuck = false;
+        self.epoch_bumped = false;
         self.stopped = false;
         let assigned: Vec<TopicPartition> = self.assigned.iter().cloned().collect();
         // Every assigned partition resumes from its start just resolved (`resume_at`).

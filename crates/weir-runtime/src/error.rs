@@ -41,9 +41,10 @@ pub enum RuntimeError {
         "producer fenced during {during}: another instance started with the same transactional id \
          {transactional_id:?} (same application.id and instance.id), so this one stopped. Its \
          open transaction was not committed. Give every running instance its own state.dir or \
-         instance.id. (On older brokers this also happens when the broker aborted this \
-         instance's transaction after transaction.timeout.ms because the instance was stalled \
-         that long; then restarting it is all it takes.) ({source})"
+         instance.id. (A transaction that outlived transaction.timeout.ms — a broker failure \
+         or a stalled instance — is fenced by the broker's own abort; weir tells that case \
+         apart by the transaction's age and replaces its producer instead of stopping.) \
+         ({source})"
     )]
     Fenced {
         /// What weir was doing.
