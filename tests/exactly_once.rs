@@ -233,7 +233,7 @@ fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
     kafka.create_topic(&input, 2);
     kafka.create_topic(&output, 2);
     let state = state_dir();
-    let records = numbered(2, 6_000);
+    let records = numbered(2, 3_000);
     let (first, rest) = records.split_at(2_000);
     kafka.produce(&input, first.to_vec());
     // Input arrives for ~40 s, through the freeze and after it.
@@ -246,7 +246,8 @@ fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
     );
     let mut cmd = mirror_cmd(kafka, &app, &input, &output, &state, 0);
     cmd.args(["--set", "consumer.session.timeout.ms=30000"])
-        .args(["--set", "transaction.timeout.ms=10000"]);
+        .args(["--set", "transaction.timeout.ms=10000"])
+        .env("RUST_LOG", "info,weir_runtime=debug,rdkafka=warn");
     let mut mirror = ChildProcess::spawn("mirror", cmd);
     wait_for(
         "an open transaction on the output",
@@ -263,7 +264,7 @@ fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
     while !kafka
         .committed_offsets(&app, &input)
         .values()
-        .all(|o| *o == Some(6_000))
+        .all(|o| *o == Some(3_000))
     {
         assert!(
             mirror.is_running(),
@@ -272,7 +273,10 @@ fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
         );
         assert!(
             Instant::now() < deadline,
-            "the group's offsets did not reach the end of the input in 120 s"
+            "the group's offsets did not reach the end of the input (3000 per partition) in 120 \
+             s: {:?}; the instance's log: {}",
+            kafka.committed_offsets(&app, &input),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -350,13 +350,6 @@ pub(crate) struct Engine {
     /// The transaction committing in the background, on the producer that is not current.
     /// Commits complete in order: it is settled before anything else commits or aborts.
     committing: Option<Committing>,
-    /// The producer of the transaction committing in the background, while it may still have
-    /// outputs in flight: until it has none, the open transaction's outputs wait in `held`, so
-    /// that each output partition keeps the order of its inputs without the main loop waiting.
-    gate: Option<Arc<WeirProducer>>,
-    /// Outputs of the open transaction not yet handed to the producer (see `gate`); they are
-    /// sent before the transaction commits.
-    held: Vec<Output>,
 
     /// RocksDB state, when the operator declares stores. Moved out while a blocking call
     /// (prepare, apply, restore) runs on the blocking pool.
@@ -438,8 +431,6 @@ impl Engine {
             overlap: false,
             spare: None,
             committing: None,
-            gate: None,
-            held: Vec::new(),
             state,
             restore_observer: None,
             assigned: BTreeSet::new(),
@@ -669,18 +660,7 @@ impl Engine {
     /// Hands the buffered outputs to the producer (waiting while its queue is full).
     /// Returns `None` when the transaction had to be aborted instead (the work is replayed).
     async fn produce_outputs(&mut self) -> Result<Option<u64>, RuntimeError> {
-        let fresh = self.outputs.len() as u64;
-        if self.gate_closed() {
-            self.held.append(&mut self.outputs);
-            return Ok(Some(fresh));
-        }
         let mut outputs = std::mem::take(&mut self.outputs);
-        if !self.held.is_empty() {
-            // The held outputs came first.
-            let mut held = std::mem::take(&mut self.held);
-            held.append(&mut outputs);
-            outputs = held;
-        }
         let mut produced = 0;
         let mut result = Ok(());
         let mut aborted: Option<String> = None;
@@ -758,30 +738,9 @@ impl Engine {
             return Ok(None);
         }
         match result {
-            Ok(()) => Ok(Some(fresh)),
+            Ok(()) => Ok(Some(produced)),
             Err(e) => Err(self.stop(e).await),
         }
-    }
-
-    /// Whether the open transaction's outputs must still wait (see `gate`); opens the gate
-    /// once the committing producer has nothing in flight.
-    fn gate_closed(&mut self) -> bool {
-        match &self.gate {
-            Some(p) if p.in_flight_count() > 0 => true,
-            _ => {
-                self.gate = None;
-                false
-            }
-        }
-    }
-
-    /// Hands the held outputs to the producer once the gate is open. Returns `false` when the
-    /// transaction had to be aborted instead (the work is replayed).
-    async fn release_held(&mut self) -> Result<bool, RuntimeError> {
-        if self.held.is_empty() || self.gate_closed() {
-            return Ok(true);
-        }
-        Ok(self.produce_outputs().await?.is_some())
     }
 
     /// Step 3 of the commit cycle: commit outputs and input offsets. With `commit.overlap`, an
@@ -794,17 +753,16 @@ impl Engine {
         if !self.settle_committing().await? {
             return Ok(());
         }
-        // The previous transaction has committed (so its producer has nothing in flight): the
-        // outputs held back for it go out before this transaction commits.
-        self.gate = None;
-        if !self.release_held().await? {
-            return Ok(());
-        }
         if self.overlap && reason == "interval" && self.txn_open && self.spare.is_some() {
-            // The next transaction fills on the spare producer at once; its outputs wait (in
-            // `held`) until every output of this one is written, so that each output partition
-            // keeps the order of its inputs.
-            return self.commit_in_background(reason).await;
+            // The next transaction's outputs may go out only once every output of this one is
+            // written, so that each output partition keeps the order of its inputs. If the
+            // producer cannot drain now, the commit takes the in-line path. (Holding the next
+            // transaction's outputs in memory instead, so that the main loop never waits here,
+            // was measured on 2026-11-27: no gain, 45 MiB more RSS; see docs/benchmarks.md.)
+            let producer = Arc::clone(&self.producer);
+            if blocking(move || drain(&producer)).await {
+                return self.commit_in_background(reason).await;
+            }
         }
         let started = Instant::now();
         let committed = if self.exactly_once() {
@@ -858,7 +816,6 @@ impl Engine {
             ));
         };
         let producer = std::mem::replace(&mut self.producer, next);
-        self.gate = Some(Arc::clone(&producer));
         let p = Arc::clone(&producer);
         let task = detached("commit", move || {
             if let Some(tpl) = tpl {
@@ -898,12 +855,8 @@ impl Engine {
             .as_ref()
             .is_some_and(|c| c.task.is_finished())
         {
-            if self.settle_committing().await? {
-                self.gate = None;
-            }
+            self.settle_committing().await?;
         }
-        // Outputs held back for a producer that has drained go out now, not at the commit.
-        self.release_held().await?;
         Ok(())
     }
 
@@ -961,9 +914,6 @@ impl Engine {
         c: Committing,
         outcome: Result<CommitResult, tokio::time::error::Elapsed>,
     ) -> Result<Option<(&'static str, KafkaError)>, RuntimeError> {
-        // Either way the gate's producer is settled: committed (nothing in flight) or current
-        // again with its transaction to abort.
-        self.gate = None;
         if let Ok(Ok(())) = outcome {
             self.spare = Some(c.producer);
             self.resume_at.extend(c.offsets.iter().cloned());
@@ -1218,8 +1168,6 @@ impl Engine {
         self.abort_open().await?;
         self.positions.clear();
         self.outputs.clear();
-        self.held.clear();
-        self.gate = None;
         self.pending_in = 0;
         self.pending_out = 0;
         self.delivery.reset();
@@ -1317,8 +1265,6 @@ impl Engine {
             }
             self.txn_open = false;
             self.positions.clear();
-            self.held.clear();
-            self.gate = None;
             if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
                 tracing::warn!(error = %e, "could not drop the uncommitted state while stopping; recovery rolls it back");
             }
@@ -1445,8 +1391,6 @@ impl Engine {
         self.stop(cause).await;
         self.txn_open = false;
         self.outputs.clear();
-        self.held.clear();
-        self.gate = None;
         self.pending_in = 0;
         self.pending_out = 0;
         self.delivery.reset();
