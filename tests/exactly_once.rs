@@ -66,24 +66,70 @@ fn start_mirror(
     ChildProcess::spawn("mirror", cmd)
 }
 
+/// Input and output topics (`partitions` each) and an application id, all new, named after
+/// `prefix`.
+fn topics(kafka: &Kafka, prefix: &str, partitions: i32) -> (String, String, String) {
+    let (input, output, app) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-app")),
+    );
+    kafka.create_topic(&input, partitions);
+    kafka.create_topic(&output, partitions);
+    (input, output, app)
+}
+
+/// Produces the first `up_front` of `records` to `input` now, and the rest from a thread, `chunk`
+/// at a time with `pause` between chunks.
+fn feed_from(
+    kafka: &Kafka,
+    input: &str,
+    records: &[weir_testkit::TestRecord],
+    up_front: usize,
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (first, rest) = records.split_at(up_front);
+    kafka.produce(input, first.to_vec());
+    feed(
+        kafka.bootstrap_servers(),
+        input,
+        rest.to_vec(),
+        chunk,
+        pause,
+    )
+}
+
+/// The checks every scenario here ends with: the committed output an exact copy of the input,
+/// and no transaction left open on it.
+fn assert_exact_copy(kafka: &Kafka, input: &str, output: &str, what: &str) {
+    let report = verify_copy(
+        &kafka.read_to_end(input, Isolation::ReadCommitted),
+        &kafka.read_to_end(output, Isolation::ReadCommitted),
+    );
+    assert!(report.is_exactly_once(), "{what}: {report}");
+    assert_eq!(
+        kafka.open_transactions(output),
+        vec![],
+        "{what}: a transaction was left open"
+    );
+}
+
 #[test]
 fn mirror_is_exactly_once_across_sigkills() {
     let kafka = shared();
-    let (input, output, app) = (unique("eos-in"), unique("eos-out"), unique("eos-app"));
-    kafka.create_topic(&input, PARTITIONS);
-    kafka.create_topic(&output, PARTITIONS);
+    let (input, output, app) = topics(kafka, "eos", PARTITIONS);
     let state = state_dir();
     let records = numbered(PARTITIONS, PER_PARTITION);
     let total = records.len();
 
     // Input keeps arriving while the pipeline is killed and restarted: 5,000 up front, the
     // rest in chunks from a second thread.
-    let (first, rest) = records.split_at(5_000);
-    kafka.produce(&input, first.to_vec());
-    let producer = feed(
-        kafka.bootstrap_servers(),
+    let producer = feed_from(
+        kafka,
         &input,
-        rest.to_vec(),
+        &records,
+        5_000,
         1_000,
         Duration::from_millis(700),
     );
@@ -164,18 +210,15 @@ fn mirror_is_exactly_once_across_sigkills() {
 fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
     let kafka = shared();
     for failpoint in ["after_send_offsets:4", "after_commit_transaction:4"] {
-        let (input, output, app) = (unique("ovl-in"), unique("ovl-out"), unique("ovl-app"));
-        kafka.create_topic(&input, 3);
-        kafka.create_topic(&output, 3);
+        let (input, output, app) = topics(kafka, "ovl", 3);
         let state = state_dir();
         let records = numbered(3, 4_000);
-        let (first, rest) = records.split_at(3_000);
-        kafka.produce(&input, first.to_vec());
         // ~9 s of input: the 4th commit (1 s interval) comes while it still arrives.
-        let producer = feed(
-            kafka.bootstrap_servers(),
+        let producer = feed_from(
+            kafka,
             &input,
-            rest.to_vec(),
+            &records,
+            3_000,
             500,
             Duration::from_millis(500),
         );
@@ -206,16 +249,7 @@ fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
         );
         let status = mirror.terminate(Duration::from_secs(30));
         assert!(status.success(), "{failpoint}: mirror exited with {status}");
-        let report = verify_copy(
-            &kafka.read_to_end(&input, Isolation::ReadCommitted),
-            &kafka.read_to_end(&output, Isolation::ReadCommitted),
-        );
-        assert!(report.is_exactly_once(), "{failpoint}: {report}");
-        assert_eq!(
-            kafka.open_transactions(&output),
-            vec![],
-            "{failpoint}: a transaction was left open"
-        );
+        assert_exact_copy(kafka, &input, &output, failpoint);
     }
 }
 
@@ -229,21 +263,11 @@ fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
 #[test]
 fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
     let kafka = shared();
-    let (input, output, app) = (unique("tmo-in"), unique("tmo-out"), unique("tmo-app"));
-    kafka.create_topic(&input, 2);
-    kafka.create_topic(&output, 2);
+    let (input, output, app) = topics(kafka, "tmo", 2);
     let state = state_dir();
     let records = numbered(2, 3_000);
-    let (first, rest) = records.split_at(2_000);
-    kafka.produce(&input, first.to_vec());
     // Input arrives for ~40 s, through the freeze and after it.
-    let producer = feed(
-        kafka.bootstrap_servers(),
-        &input,
-        rest.to_vec(),
-        100,
-        Duration::from_secs(1),
-    );
+    let producer = feed_from(kafka, &input, &records, 2_000, 100, Duration::from_secs(1));
     let mut cmd = mirror_cmd(kafka, &app, &input, &output, &state, 0);
     cmd.args(["--set", "consumer.session.timeout.ms=30000"])
         .args(["--set", "transaction.timeout.ms=10000"])
@@ -297,14 +321,5 @@ fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
             "aborted without fencing"
         }
     );
-    let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
-        &kafka.read_to_end(&output, Isolation::ReadCommitted),
-    );
-    assert!(report.is_exactly_once(), "{report}");
-    assert_eq!(
-        kafka.open_transactions(&output),
-        vec![],
-        "a transaction was left open"
-    );
+    assert_exact_copy(kafka, &input, &output, "after the freeze");
 }

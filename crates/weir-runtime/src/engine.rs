@@ -1331,9 +1331,11 @@ impl Engine {
         Ok(starts)
     }
 
-    /// Whether the producer failed with a fatal error that a new producer heals: any fatal
-    /// error except fencing. A fenced producer means another producer took this transactional
-    /// id over; replacing it would fence that one in turn, so fencing stops the application.
+    /// Whether the producer failed in a way that a new producer heals: stuck, any fatal error
+    /// except fencing, or "fencing" of a transaction older than `transaction.timeout.ms` (the
+    /// broker's own timeout abort, see `txn_error`). Real fencing means another producer took
+    /// this transactional id over; replacing it would fence that one in turn, so it stops the
+    /// application.
     pub(crate) fn producer_failed(&self) -> bool {
         self.producer_stuck
             || self.epoch_bumped
@@ -1358,7 +1360,7 @@ impl Engine {
     ///
     /// This heals a producer whose transaction the broker aborted behind its back — e.g. its
     /// records timed out while a broker was down and the coordinator then refused to end the
-    /// transaction (`INVALID_TXN_STATE`, fatal in librdkafka). Fencing is not healed (see
+    /// transaction (`INVALID_TXN_STATE`, fatal in librdkafka). Real fencing is not healed (see
     /// [`producer_failed`](Self::producer_failed)). A broker failure can take more than one
     /// replacement (each new transaction may time out again until the controller has moved the
     /// dead broker's leaders), so the budget counts replacements with no commit between them:
