@@ -170,6 +170,10 @@ struct Run {
     records_per_s: f64,
     seconds: f64,
     cpu_seconds: f64,
+    /// CPU seconds of the local broker (all its threads) over the same run, when the bench
+    /// started the broker itself: the broker shares the machine, so its work per record is
+    /// part of every contender's cost.
+    broker_cpu_seconds: Option<f64>,
     peak_rss_mib: f64,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
@@ -210,12 +214,14 @@ fn main() -> anyhow::Result<()> {
     common::init_tracing_with("warn,rdkafka=error");
     let started_unix = now_ms() / 1000;
     let _local;
+    let mut broker_pids = Vec::new();
     let bootstrap = match &args.bootstrap_servers {
         Some(b) => b.clone(),
         None => {
             println!("▶ starting a local Kafka broker");
             let k = Kafka::start().context("starting a broker for the benchmark")?;
             let b = k.bootstrap_servers().to_string();
+            broker_pids = k.broker_pids();
             _local = k;
             b
         }
@@ -271,6 +277,7 @@ fn main() -> anyhow::Result<()> {
             for (&(contender, interval), runs) in plan.iter().zip(runs.iter_mut()) {
                 let launcher = Launcher {
                     kafka: &kafka,
+                    broker_pids: &broker_pids,
                     kstreams: kstreams.as_deref(),
                     threads: args.kstreams_threads,
                     partitions: args.partitions,
@@ -288,13 +295,14 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 println!(
-                    "  {:<16} {:<7} {:>5} ms  run {}: {:>9.0} rec/s  cpu {:>6.1} s  rss {:>6.0} MiB  p50 {:>6} ms  p99 {:>6} ms  {}",
+                    "  {:<16} {:<7} {:>5} ms  run {}: {:>9.0} rec/s  cpu {:>6.1} s  broker cpu {:>6} s  rss {:>6.0} MiB  p50 {:>6} ms  p99 {:>6} ms  {}",
                     contender.name(),
                     ds.name,
                     interval,
                     i + 1,
                     run.records_per_s,
                     run.cpu_seconds,
+                    fmt_secs(run.broker_cpu_seconds),
                     run.peak_rss_mib,
                     fmt_opt(run.latency_p50_ms),
                     fmt_opt(run.latency_p99_ms),
@@ -340,6 +348,10 @@ fn main() -> anyhow::Result<()> {
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+fn fmt_secs(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
 fn now_ms() -> u64 {
@@ -455,6 +467,7 @@ fn build_kstreams() -> anyhow::Result<String> {
 
 struct Launcher<'a> {
     kafka: &'a Kafka,
+    broker_pids: &'a [u32],
     kstreams: Option<&'a str>,
     threads: u32,
     partitions: i32,
@@ -573,6 +586,7 @@ impl Launcher<'_> {
             self.partitions,
             Some(n),
         );
+        let broker_before = self.broker_cpu();
         let child = ChildProcess::spawn(
             self.contender.name(),
             self.command(&app, &ds.topic, &output, &state),
@@ -580,10 +594,12 @@ impl Launcher<'_> {
         let pid = child.id();
         let seen = reader.wait(Duration::from_secs(900));
         let (cpu, rss) = proc_usage(pid);
+        let broker_cpu = broker_before.zip(self.broker_cpu()).map(|(a, b)| b - a);
         let status = child.terminate(Duration::from_secs(60));
         let _ = std::fs::remove_dir_all(&state);
         let mut run = Run {
             cpu_seconds: cpu,
+            broker_cpu_seconds: broker_cpu,
             peak_rss_mib: rss,
             ..Run::default()
         };
@@ -614,6 +630,16 @@ impl Launcher<'_> {
         }
         let _ = self.kafka.admin().delete_topics(&[output.as_str()]);
         Ok(run)
+    }
+
+    /// CPU seconds the local brokers have used so far (`None` when the bench did not start
+    /// them).
+    fn broker_cpu(&self) -> Option<f64> {
+        if self.broker_pids.is_empty() {
+            return None;
+        }
+        let cpu: f64 = self.broker_pids.iter().map(|&p| proc_usage(p).0).sum();
+        cpu.is_finite().then_some(cpu)
     }
 
     /// p50 and p99 of (seen committed − record timestamp), in ms, at `rate` records/s.
@@ -816,6 +842,7 @@ fn median(runs: &[Run]) -> Run {
         records_per_s: med(&|r| Some(r.records_per_s)).unwrap_or(0.0),
         seconds: med(&|r| Some(r.seconds)).unwrap_or(0.0),
         cpu_seconds: med(&|r| Some(r.cpu_seconds)).unwrap_or(f64::NAN),
+        broker_cpu_seconds: med(&|r| r.broker_cpu_seconds),
         peak_rss_mib: med(&|r| Some(r.peak_rss_mib)).unwrap_or(f64::NAN),
         latency_p50_ms: med(&|r| r.latency_p50_ms),
         latency_p99_ms: med(&|r| r.latency_p99_ms),
@@ -889,13 +916,21 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, f64> {
 fn print_table(rows: &[Row], ratios: &BTreeMap<String, f64>) {
     println!();
     println!(
-        "{:<16} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}  verified",
-        "contender", "data", "commit ms", "records/s", "p50 ms", "p99 ms", "cpu s", "rss MiB",
+        "{:<16} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9}  verified",
+        "contender",
+        "data",
+        "commit ms",
+        "records/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu s",
+        "broker cpu s",
+        "rss MiB",
     );
     for r in rows {
         let m = &r.median;
         println!(
-            "{:<16} {:<7} {:>9} {:>12.0} {:>9} {:>9} {:>9.1} {:>9.0}  {}",
+            "{:<16} {:<7} {:>9} {:>12.0} {:>9} {:>9} {:>9.1} {:>12} {:>9.0}  {}",
             r.contender.name(),
             r.dataset,
             r.commit_interval_ms,
@@ -903,6 +938,7 @@ fn print_table(rows: &[Row], ratios: &BTreeMap<String, f64>) {
             fmt_opt(m.latency_p50_ms),
             fmt_opt(m.latency_p99_ms),
             m.cpu_seconds,
+            fmt_secs(m.broker_cpu_seconds),
             m.peak_rss_mib,
             if m.exactly_once {
                 "exactly-once".to_string()

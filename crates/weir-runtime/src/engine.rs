@@ -617,10 +617,24 @@ impl Engine {
                     return Ok(());
                 };
                 let records = batch.iter().map(Vec::len).sum::<usize>();
+                // One map update per run of records of one partition, not one per record.
+                let mut run: Option<(&Record, i64)> = None;
                 for r in batch.iter().flatten() {
-                    let tp = TopicPartition::new(&*r.topic, r.partition);
-                    let next = self.positions.entry(tp).or_insert(r.offset + 1);
-                    *next = (*next).max(r.offset + 1);
+                    match &mut run {
+                        Some((first, next))
+                            if first.partition == r.partition && first.topic == r.topic =>
+                        {
+                            *next = (*next).max(r.offset + 1);
+                        }
+                        _ => {
+                            if let Some((first, next)) = run.replace((r, r.offset + 1)) {
+                                self.advance(first, next);
+                            }
+                        }
+                    }
+                }
+                if let Some((first, next)) = run {
+                    self.advance(first, next);
                 }
                 self.pending_in += records as u64;
                 self.pending_out += produced;
@@ -655,6 +669,13 @@ impl Engine {
             }
             Err(ProcessError::Poison(p)) => Err(self.stop(RuntimeError::Poison(p)).await),
         }
+    }
+
+    /// Moves the position of `record`'s partition to `next`, unless it is already past it.
+    fn advance(&mut self, record: &Record, next: i64) {
+        let tp = TopicPartition::new(&*record.topic, record.partition);
+        let position = self.positions.entry(tp).or_insert(next);
+        *position = (*position).max(next);
     }
 
     /// Hands the buffered outputs to the producer (waiting while its queue is full).

@@ -137,6 +137,15 @@ impl Kafka {
         })
     }
 
+    /// The process ids of the brokers when they run on this machine as local JVMs; empty for
+    /// a container or someone else's cluster.
+    pub fn broker_pids(&self) -> Vec<u32> {
+        match &self.backend {
+            Backend::Local(cluster) => cluster.pids(),
+            Backend::External | Backend::Docker(_) => Vec::new(),
+        }
+    }
+
     /// A handle on a cluster someone else runs (the helpers work, broker faults do not).
     pub fn start_with_bootstrap(bootstrap: &str) -> Self {
         Self {

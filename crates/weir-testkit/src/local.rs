@@ -131,6 +131,14 @@ impl LocalCluster {
             .join(",")
     }
 
+    /// The process ids of the running brokers (for CPU accounting in benchmarks).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.process.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// Number of nodes.
     pub fn size(&self) -> usize {
         self.nodes.len()
