@@ -617,24 +617,14 @@ impl Engine {
                     return Ok(());
                 };
                 let records = batch.iter().map(Vec::len).sum::<usize>();
-                // One map update per run of records of one partition, not one per record.
-                let mut run: Option<(&Record, i64)> = None;
-                for r in batch.iter().flatten() {
-                    match &mut run {
-                        Some((first, next))
-                            if first.partition == r.partition && first.topic == r.topic =>
-                        {
-                            *next = (*next).max(r.offset + 1);
-                        }
-                        _ => {
-                            if let Some((first, next)) = run.replace((r, r.offset + 1)) {
-                                self.advance(first, next);
-                            }
-                        }
-                    }
-                }
-                if let Some((first, next)) = run {
-                    self.advance(first, next);
+                // One map update per run of one topic's records in a task (one partition
+                // number), not one per record.
+                for run in batch
+                    .iter()
+                    .flat_map(|t| t.chunk_by(|a, b| a.topic == b.topic))
+                {
+                    let next = run.iter().map(|r| r.offset + 1).max().unwrap_or_default();
+                    self.advance(&run[0], next);
                 }
                 self.pending_in += records as u64;
                 self.pending_out += produced;
