@@ -57,6 +57,75 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
     assert!(kafka.open_transactions(&output).is_empty());
 }
 
+/// Mirrors, and keeps every record it sees (key and value shared with the input, not copied).
+struct Keeper(std::sync::Arc<std::sync::Mutex<Vec<Record>>>);
+
+#[async_trait]
+impl Processor for Keeper {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        for r in batch {
+            ctx.emit(r.forward());
+        }
+        self.0.lock().unwrap().extend(batch.iter().cloned());
+        Ok(())
+    }
+}
+
+/// Record values share librdkafka's fetch buffers instead of copying them: values an operator
+/// keeps must stay intact after the application (and its consumer) stopped, and dropping the
+/// last of them must release the consumer without hanging.
+#[test]
+fn values_kept_past_the_run_stay_intact_and_release_the_consumer_when_dropped() {
+    let kafka = shared();
+    let (input, output, app) = (unique("in"), unique("out"), unique("app"));
+    kafka.create_topic(&input, 3);
+    kafka.create_topic(&output, 3);
+    let value_of = |key: &str| key.repeat(1024 / key.len() + 1);
+    let records = numbered(3, 500)
+        .into_iter()
+        .map(|mut r| {
+            let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+            r.value = Some(value_of(&key).into_bytes());
+            r
+        })
+        .collect::<Vec<_>>();
+    kafka.produce(&input, records);
+
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output).build().unwrap(),
+        Keeper(std::sync::Arc::clone(&kept)),
+    );
+    wait_for("1500 committed outputs", Duration::from_secs(60), || {
+        committed_count(kafka, &output) >= 1500
+    });
+    running.stop().expect("clean stop");
+
+    let kept = std::mem::take(&mut *kept.lock().unwrap());
+    assert!(kept.len() >= 1500, "kept {} records", kept.len());
+    for r in &kept {
+        let key = r.key_str().expect("a text key");
+        assert_eq!(
+            r.value.as_deref(),
+            Some(value_of(key).as_bytes()),
+            "the value kept of {} changed after the run",
+            r.coordinates()
+        );
+    }
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(kept);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dropping the last kept values (and with them the consumer) hung");
+}
+
 /// Mirrors, but fails once (retriably) when it meets `fail_at` (partition, offset), after
 /// emitting the outputs of the records before it and giving the producer time to send them.
 struct FailOnce {

@@ -34,6 +34,9 @@ pub(crate) struct Polled {
 
 pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duration) -> Polled {
     let handler = consumer.context();
+    // One keep-alive per batch, not a clone of the consumer's own `Arc` per record: the poll
+    // thread takes references to this one while the main thread drops the previous batch's.
+    let alive = Arc::new(Arc::clone(consumer));
     handler.revoked.lock().expect("poisoned").clear();
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut polled = Polled::default();
@@ -60,7 +63,7 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
                     .any(|tp| tp.partition == r.partition && *tp.topic == *r.topic)
             });
             if let Some(Ok(m)) = next {
-                polled.records.push(to_record(&m, &mut topics));
+                polled.records.push(to_record(m, &mut topics, &alive));
             } else if let Some(Err(e)) = next {
                 polled.error = Some(e);
             }
@@ -68,7 +71,7 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
         }
         match next {
             None => break,
-            Some(Ok(m)) => polled.records.push(to_record(&m, &mut topics)),
+            Some(Ok(m)) => polled.records.push(to_record(m, &mut topics, &alive)),
             Some(Err(e)) => {
                 polled.error = Some(e);
                 break;
@@ -78,7 +81,48 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
     polled
 }
 
-fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) -> Record {
+/// A polled message that owns the memory a record's value points into, so the value is shared
+/// with librdkafka's fetch buffer instead of copied out of it (at 1 KB, that copy and the
+/// allocation and cross-thread free that go with it were most of what weir spent per record
+/// beyond the raw client; see docs/benchmarks.md). A value kept past `process` keeps its fetch
+/// buffer (up to `fetch.max.bytes`) in memory; an operator that keeps values for long should
+/// copy them (`Bytes::copy_from_slice`).
+struct Fetched {
+    message: BorrowedMessage<'static>,
+    /// The message borrows from the consumer's client: keep the consumer alive (and so
+    /// `rd_kafka_destroy` from running) until the last value of the batch is dropped. Declared
+    /// after `message`, so it is dropped after it.
+    _alive: Arc<Arc<WeirConsumer>>,
+}
+
+impl AsRef<[u8]> for Fetched {
+    fn as_ref(&self) -> &[u8] {
+        self.message.payload().unwrap_or_default()
+    }
+}
+
+impl Fetched {
+    fn new(message: BorrowedMessage<'_>, alive: &Arc<Arc<WeirConsumer>>) -> Self {
+        // SAFETY: only the lifetime changes. It ties the message to the consumer whose client
+        // owns the message's event; `_alive` keeps that consumer alive for as long as this
+        // value exists, and drops it only after the message. `BorrowedMessage` is `Send` and
+        // `Sync` (librdkafka messages may be read and destroyed on any thread).
+        #[allow(unsafe_code)]
+        let message = unsafe {
+            std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(message)
+        };
+        Fetched {
+            message,
+            _alive: Arc::clone(alive),
+        }
+    }
+}
+
+fn to_record(
+    m: BorrowedMessage<'_>,
+    topics: &mut HashMap<String, Arc<str>>,
+    alive: &Arc<Arc<WeirConsumer>>,
+) -> Record {
     let topic = match topics.get(m.topic()) {
         Some(t) => Arc::clone(t),
         None => {
@@ -98,13 +142,21 @@ fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) ->
                 .collect()
         })
         .unwrap_or_default();
+    let (partition, offset, timestamp_ms) = (m.partition(), m.offset(), m.timestamp().to_millis());
+    // Keys are short: a copy costs less than sharing (and pins nothing).
+    let key = m.key().map(Bytes::copy_from_slice);
+    let value = match m.payload() {
+        None => None,
+        Some([]) => Some(Bytes::new()),
+        Some(_) => Some(Bytes::from_owner(Fetched::new(m, alive))),
+    };
     Record {
         topic,
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(Bytes::copy_from_slice),
-        value: m.payload().map(Bytes::copy_from_slice),
+        partition,
+        offset,
+        timestamp_ms,
+        key,
+        value,
         headers,
     }
 }
