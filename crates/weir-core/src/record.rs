@@ -5,8 +5,11 @@
 //! where it goes unless the operator names a topic or a partition.
 //!
 //! Keys and values are [`Bytes`]: reference-counted, so [`Record::forward`] and
-//! `Output::new(record.key.clone(), …)` share the input's bytes instead of copying them. Each
-//! payload is copied once out of the consumer and once into the producer.
+//! `Output::new(record.key.clone(), …)` share the input's bytes instead of copying them. The
+//! runtime does not copy a value out of the consumer: it shares the polled message's fetch
+//! buffer, which stays in memory while any clone of the value lives, so copy a value
+//! (`Bytes::copy_from_slice`) that an operator keeps for long. The producer copies each output
+//! once.
 
 use std::fmt;
 use std::sync::Arc;
@@ -82,7 +85,8 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
     /// The key, or `None` for a null key.
     pub key: Option<Bytes>,
-    /// The value, or `None` for a null value (a tombstone).
+    /// The value, or `None` for a null value (a tombstone). Shared with the consumer's fetch
+    /// buffer, not copied: copy it to keep it for long (see the module documentation).
     pub value: Option<Bytes>,
     /// The headers, in their order on the record.
     pub headers: Vec<Header>,
