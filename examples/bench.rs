@@ -19,9 +19,10 @@
 //! all at `--commit-interval-ms` (100), plus `weir-eos` at each `--sweep` interval (10, 1000 ms)
 //! on the 100 B data. Every run of a contender:
 //!
-//! 1. **throughput**: the contender drains the preloaded topic into a new output topic; a
-//!    read_committed reader times it from the first committed output to the last (start-up —
-//!    JVM, group join — excluded); CPU seconds and peak RSS of the contender's process are read
+//! 1. **throughput**: the contender drains the preloaded topic into a new output topic (with
+//!    `message.timestamp.type = LogAppendTime`); the run lasts from the broker's append of the
+//!    first output to the moment a read_committed reader sees the last one committed (start-up
+//!    — JVM, group join — excluded; a transaction's time before its commit included); CPU seconds and peak RSS of the contender's process are read
 //!    from /proc; then the whole output is verified record by record against the input
 //!    (`verify_copy` or `verify_totals`): a run that is not exactly-once is reported INVALID and
 //!    does not count;
@@ -53,10 +54,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use weir_kafka::admin::TopicSpec;
 use weir_kafka::clients::base_config;
 use weir_testkit::{
     unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka, ReadRecord,
@@ -577,7 +579,14 @@ impl Launcher<'_> {
             unique(&format!("bench-{}", self.contender.name())),
             unique("bench-out"),
         );
-        self.kafka.create_topic(&output, self.partitions);
+        // The broker stamps each output with the time it appended it: the first one marks the
+        // start of the work for every contender alike, where the first output *seen* would
+        // start an exactly-once run only at its first commit, leaving out the time its first
+        // transaction took.
+        self.kafka.create_topic_with(TopicSpec {
+            configs: vec![("message.timestamp.type".into(), "LogAppendTime".into())],
+            ..TopicSpec::new(&output, self.partitions)
+        });
         let state = std::env::temp_dir().join(unique("weir-bench-state"));
         let n = ds.input.len();
         let reader = Reader::start(
@@ -609,8 +618,12 @@ impl Launcher<'_> {
             ));
             return Ok(run);
         };
-        run.seconds = seen.last.duration_since(seen.first).as_secs_f64();
-        run.records_per_s = (n - seen.first_count) as f64 / run.seconds.max(1e-9);
+        let Some(first_append_ms) = seen.first_append_ms else {
+            run.problem = Some("the output records carry no LogAppendTime timestamps".into());
+            return Ok(run);
+        };
+        run.seconds = seen.last_ms.saturating_sub(first_append_ms) as f64 / 1000.0;
+        run.records_per_s = n as f64 / run.seconds.max(1e-3);
         let out = self.kafka.read_to_end(&output, Isolation::ReadCommitted);
         let report = if self.contender.totals() {
             verify_totals(&ds.input, &out)
@@ -718,9 +731,10 @@ impl Launcher<'_> {
 
 /// What the output reader saw.
 struct Seen {
-    first: Instant,
-    first_count: usize,
-    last: Instant,
+    /// The earliest broker append time among the outputs (topics with LogAppendTime only).
+    first_append_ms: Option<u64>,
+    /// Wall-clock time the last output was seen.
+    last_ms: u64,
     latencies_ms: Vec<f64>,
 }
 
@@ -750,28 +764,31 @@ impl Reader {
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (s, c) = (Arc::clone(&stop), Arc::clone(&count));
         let handle = std::thread::spawn(move || {
-            let mut first: Option<(Instant, usize)> = None;
+            let mut first_append_ms: Option<u64> = None;
             let mut latencies = Vec::new();
             let mut n = 0usize;
             while !s.load(Ordering::Relaxed) {
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
                     continue;
                 };
-                let now = Instant::now();
+                let now = now_ms();
                 n += 1;
                 c.store(n, Ordering::Relaxed);
-                if let Some(ts) = m.timestamp().to_millis() {
-                    latencies.push(now_ms() as f64 - ts as f64);
-                }
-                if first.is_none() {
-                    first = Some((now, n));
+                match m.timestamp() {
+                    Timestamp::LogAppendTime(ts) => {
+                        let ts = ts.max(0) as u64;
+                        first_append_ms = Some(first_append_ms.map_or(ts, |f| f.min(ts)));
+                    }
+                    t => {
+                        if let Some(ts) = t.to_millis() {
+                            latencies.push(now as f64 - ts as f64);
+                        }
+                    }
                 }
                 if target.is_some_and(|t| n >= t) {
-                    let (first, first_count) = first.expect("set");
                     return Some(Seen {
-                        first,
-                        first_count,
-                        last: now,
+                        first_append_ms,
+                        last_ms: now,
                         latencies_ms: latencies,
                     });
                 }

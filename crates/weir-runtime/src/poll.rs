@@ -36,7 +36,9 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
     let handler = consumer.context();
     // One keep-alive per batch, not a clone of the consumer's own `Arc` per record: the poll
     // thread takes references to this one while the main thread drops the previous batch's.
-    let alive = Arc::new(Arc::clone(consumer));
+    let alive = Arc::new(KeepAlive {
+        _consumer: Arc::clone(consumer),
+    });
     handler.revoked.lock().expect("poisoned").clear();
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut polled = Polled::default();
@@ -81,6 +83,11 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
     polled
 }
 
+/// Keeps the consumer alive while values of one batch live (see [`Fetched`]).
+struct KeepAlive {
+    _consumer: Arc<WeirConsumer>,
+}
+
 /// A polled message that owns the memory a record's value points into, so the value is shared
 /// with librdkafka's fetch buffer instead of copied out of it (at 1 KB, that copy and the
 /// allocation and cross-thread free that go with it were most of what weir spent per record
@@ -92,7 +99,7 @@ struct Fetched {
     /// The message borrows from the consumer's client: keep the consumer alive (and so
     /// `rd_kafka_destroy` from running) until the last value of the batch is dropped. Declared
     /// after `message`, so it is dropped after it.
-    _alive: Arc<Arc<WeirConsumer>>,
+    _alive: Arc<KeepAlive>,
 }
 
 impl AsRef<[u8]> for Fetched {
@@ -102,7 +109,7 @@ impl AsRef<[u8]> for Fetched {
 }
 
 impl Fetched {
-    fn new(message: BorrowedMessage<'_>, alive: &Arc<Arc<WeirConsumer>>) -> Self {
+    fn new(message: BorrowedMessage<'_>, alive: &Arc<KeepAlive>) -> Self {
         // SAFETY: only the lifetime changes. It ties the message to the consumer whose client
         // owns the message's event; `_alive` keeps that consumer alive for as long as this
         // value exists, and drops it only after the message. `BorrowedMessage` is `Send` and
@@ -121,7 +128,7 @@ impl Fetched {
 fn to_record(
     m: BorrowedMessage<'_>,
     topics: &mut HashMap<String, Arc<str>>,
-    alive: &Arc<Arc<WeirConsumer>>,
+    alive: &Arc<KeepAlive>,
 ) -> Record {
     let topic = match topics.get(m.topic()) {
         Some(t) => Arc::clone(t),
