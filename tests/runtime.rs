@@ -103,7 +103,15 @@ fn values_kept_past_the_run_stay_intact_and_release_the_consumer_when_dropped() 
     wait_for("1500 committed outputs", Duration::from_secs(60), || {
         committed_count(kafka, &output) >= 1500
     });
-    running.stop().expect("clean stop");
+    // Stopped on another thread: were the consumer destroyed under values still in use, the
+    // stop could hang in librdkafka instead of returning, and this test must fail, not hang.
+    let (stopped, stop) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = stopped.send(running.stop());
+    });
+    stop.recv_timeout(Duration::from_secs(90))
+        .expect("the application did not stop within 90 s")
+        .expect("clean stop");
 
     let kept = std::mem::take(&mut *kept.lock().unwrap());
     assert!(kept.len() >= 1500, "kept {} records", kept.len());
