@@ -22,8 +22,8 @@
 //! 1. **throughput**: the contender drains the preloaded topic into a new output topic (with
 //!    `message.timestamp.type = LogAppendTime`); the run lasts from the broker's append of the
 //!    first output to the moment a read_committed reader sees the last one committed (start-up
-//!    — JVM, group join — excluded; a transaction's time before its commit included); CPU seconds and peak RSS of the contender's process are read
-//!    from /proc; then the whole output is verified record by record against the input
+//!    — JVM, group join — excluded; a transaction's time before its commit included); CPU
+//!    seconds and peak RSS of the contender's process are read from /proc; then the whole output is verified record by record against the input
 //!    (`verify_copy` or `verify_totals`): a run that is not exactly-once is reported INVALID and
 //!    does not count;
 //! 2. **latency** (100 B and totals data): a new input topic, the contender started, records

@@ -67,9 +67,7 @@ impl Processor for Keeper {
         batch: &[Record],
         ctx: &mut Context<'_>,
     ) -> Result<(), ProcessError> {
-        for r in batch {
-            ctx.emit(r.forward());
-        }
+        Mirror.process(batch, ctx).await?;
         self.0.lock().unwrap().extend(batch.iter().cloned());
         Ok(())
     }
@@ -103,15 +101,14 @@ fn values_kept_past_the_run_stay_intact_and_release_the_consumer_when_dropped() 
     wait_for("1500 committed outputs", Duration::from_secs(60), || {
         committed_count(kafka, &output) >= 1500
     });
-    // Stopped on another thread: were the consumer destroyed under values still in use, the
-    // stop could hang in librdkafka instead of returning, and this test must fail, not hang.
-    let (stopped, stop) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = stopped.send(running.stop());
-    });
-    stop.recv_timeout(Duration::from_secs(90))
-        .expect("the application did not stop within 90 s")
-        .expect("clean stop");
+    // Were the consumer destroyed under values still in use, the stop could hang in
+    // librdkafka instead of returning: this test must fail, not hang.
+    on_thread_within(
+        "the application's stop",
+        Duration::from_secs(90),
+        move || running.stop(),
+    )
+    .expect("clean stop");
 
     let kept = std::mem::take(&mut *kept.lock().unwrap());
     assert!(kept.len() >= 1500, "kept {} records", kept.len());
@@ -124,14 +121,11 @@ fn values_kept_past_the_run_stay_intact_and_release_the_consumer_when_dropped() 
             r.coordinates()
         );
     }
-    let (done, dropped) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        drop(kept);
-        let _ = done.send(());
-    });
-    dropped
-        .recv_timeout(Duration::from_secs(30))
-        .expect("dropping the last kept values (and with them the consumer) hung");
+    on_thread_within(
+        "dropping the last kept values (and with them the consumer)",
+        Duration::from_secs(30),
+        move || drop(kept),
+    );
 }
 
 /// Mirrors, but fails once (retriably) when it meets `fail_at` (partition, offset), after

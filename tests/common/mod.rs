@@ -81,6 +81,23 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Runs `f` on its own thread and returns its result; panics naming `what` if it has not
+/// returned within `timeout` (the thread is left behind), so a call that hangs fails the test
+/// instead of hanging it.
+pub fn on_thread_within<T: Send + 'static>(
+    what: &str,
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .recv_timeout(timeout)
+        .unwrap_or_else(|_| panic!("{what} did not return within {timeout:?}"))
+}
+
 /// Records visible to read_committed readers of `topic`.
 pub fn committed_count(kafka: &Kafka, topic: &str) -> usize {
     kafka.read_to_end(topic, Isolation::ReadCommitted).len()
