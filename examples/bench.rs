@@ -31,9 +31,11 @@
 //!    time; the reader takes `time seen committed − record timestamp` for each: p50 and p99.
 //!
 //! Runs repeat `--runs` times (3), round-robin per dataset (run 1 of every contender, then run
-//! 2, ...), so a drift of the machine over the session does not favour whoever runs first; the
-//! table shows medians and the ratios to the ceiling and to Kafka Streams from this same
-//! invocation; `--json FILE` (default
+//! 2, ..., every other round in reverse order), so a drift of the machine over the session does
+//! not favour whoever runs first, after `--warmup` (2) unmeasured rounds (throughput only, still verified) that take the
+//! broker and the machine past their slow first minutes; the table shows medians and the ratios
+//! to the ceiling and to Kafka Streams from this same invocation, of the medians and round by
+//! round; `--json FILE` (default
 //! `target/bench/bench-<unix time>.json`) gets every run.
 //!
 //! ```text
@@ -85,6 +87,11 @@ struct Args {
     /// Runs per contender and dataset (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Unmeasured rounds (every contender of a dataset once, verified) before the measured
+    /// runs. After a start every contender runs slow for a few minutes — the broker's JIT, the
+    /// first touch of memory — and the first rounds would weigh on whoever drew them.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
     /// The commit interval of every contender, ms.
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
@@ -189,6 +196,8 @@ struct Row {
     dataset: &'static str,
     commit_interval_ms: u64,
     runs: Vec<Run>,
+    /// The warm-up rounds' runs (not in the median).
+    warmup: Vec<Run>,
     median: Run,
 }
 
@@ -198,7 +207,7 @@ struct Results<'a> {
     started_unix: u64,
     args: String,
     rows: &'a [Row],
-    ratios: &'a BTreeMap<String, f64>,
+    ratios: &'a BTreeMap<String, Ratio>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -273,10 +282,25 @@ fn main() -> anyhow::Result<()> {
         plan.retain(|(c, _)| args.only.is_empty() || args.only.iter().any(|o| o == c.name()));
         // Round-robin: run i of every contender before run i + 1 of any, so that a drift of
         // the machine or the broker over the session (page cache, log growth, other load)
-        // spreads over all contenders instead of favouring those that run first.
+        // spreads over all contenders instead of favouring those that run first; and every
+        // other round in reverse order (A B C, C B A, ...), so that a steady drift does not
+        // weigh on whoever is first in every round.
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plan.len()];
-        for i in 0..args.runs {
-            for (&(contender, interval), runs) in plan.iter().zip(runs.iter_mut()) {
+        let mut warmup: Vec<Vec<Run>> = vec![Vec::new(); plan.len()];
+        for i in 0..args.warmup + args.runs {
+            let warming = i < args.warmup;
+            let label = if warming {
+                format!("warm-up {}", i + 1)
+            } else {
+                format!("run {}", i - args.warmup + 1)
+            };
+            let order: Vec<usize> = if i % 2 == 0 {
+                (0..plan.len()).collect()
+            } else {
+                (0..plan.len()).rev().collect()
+            };
+            for j in order {
+                let (contender, interval) = plan[j];
                 let launcher = Launcher {
                     kafka: &kafka,
                     broker_pids: &broker_pids,
@@ -287,7 +311,7 @@ fn main() -> anyhow::Result<()> {
                     interval,
                 };
                 let mut run = launcher.throughput(ds)?;
-                if ds.name != "1KB" {
+                if ds.name != "1KB" && !warming {
                     match launcher.latency(ds, args.latency_rate, args.latency_secs) {
                         Ok((p50, p99)) => {
                             run.latency_p50_ms = Some(p50);
@@ -297,11 +321,11 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 println!(
-                    "  {:<16} {:<7} {:>5} ms  run {}: {:>9.0} rec/s  cpu {:>6.1} s  broker cpu {:>6} s  rss {:>6.0} MiB  p50 {:>6} ms  p99 {:>6} ms  {}",
+                    "  {:<16} {:<7} {:>5} ms  {:<9}: {:>9.0} rec/s  cpu {:>6.1} s  broker cpu {:>6} s  rss {:>6.0} MiB  p50 {:>6} ms  p99 {:>6} ms  {}",
                     contender.name(),
                     ds.name,
                     interval,
-                    i + 1,
+                    label,
                     run.records_per_s,
                     run.cpu_seconds,
                     fmt_secs(run.broker_cpu_seconds),
@@ -310,16 +334,21 @@ fn main() -> anyhow::Result<()> {
                     fmt_opt(run.latency_p99_ms),
                     if run.exactly_once { "verified exactly-once".to_string() } else { format!("INVALID: {}", run.problem.clone().unwrap_or_default()) }
                 );
-                runs.push(run);
+                if warming {
+                    warmup[j].push(run);
+                } else {
+                    runs[j].push(run);
+                }
             }
         }
-        for ((contender, interval), runs) in plan.into_iter().zip(runs) {
+        for (((contender, interval), runs), warmup) in plan.into_iter().zip(runs).zip(warmup) {
             let median = median(&runs);
             rows.push(Row {
                 contender,
                 dataset: ds.name,
                 commit_interval_ms: interval,
                 runs,
+                warmup,
                 median,
             });
         }
@@ -327,11 +356,15 @@ fn main() -> anyhow::Result<()> {
 
     let ratios = ratios(&rows, args.commit_interval_ms);
     print_table(&rows, &ratios);
-    let path = args
-        .json
-        .unwrap_or_else(|| PathBuf::from(format!("target/bench/bench-{started_unix}.json")));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    let file = format!("bench-{started_unix}.json");
+    let path = match args.json {
+        Some(p) if p.is_dir() => p.join(file),
+        Some(p) => p,
+        None => Path::new("target/bench").join(file),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for the results (--json)", dir.display()))?;
     }
     let results = Results {
         machine: machine(),
@@ -340,7 +373,8 @@ fn main() -> anyhow::Result<()> {
         rows: &rows,
         ratios: &ratios,
     };
-    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing the results to {} (--json)", path.display()))?;
     println!("results: {}", path.display());
     if rows.iter().flat_map(|r| &r.runs).any(|r| !r.exactly_once) {
         bail!("some runs were not exactly-once (INVALID above)");
@@ -874,63 +908,65 @@ fn median(runs: &[Run]) -> Run {
     }
 }
 
-fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, f64> {
+/// A ratio of two contenders' figures: of their medians, and round by round (run i of one
+/// against run i of the other, which ran minutes apart in the same round).
+#[derive(Clone, Debug, Serialize)]
+struct Ratio {
+    median: f64,
+    per_round: Vec<f64>,
+}
+
+fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, Ratio> {
     let get = |c: Contender, ds: &str| {
         rows.iter()
             .find(|r| r.contender == c && r.dataset == ds && r.commit_interval_ms == interval)
-            .map(|r| r.median.clone())
     };
-    let mut out = BTreeMap::new();
+    let throughput = |a: &Row, b: &Row| Ratio {
+        median: a.median.records_per_s / b.median.records_per_s,
+        per_round: a
+            .runs
+            .iter()
+            .zip(&b.runs)
+            .filter(|(x, y)| x.exactly_once && y.exactly_once)
+            .map(|(x, y)| x.records_per_s / y.records_per_s)
+            .collect(),
+    };
+    let mut pairs = Vec::new();
     for ds in ["100B", "1KB"] {
-        if let (Some(w), Some(c)) = (get(Contender::WeirEos, ds), get(Contender::Ceiling, ds)) {
-            out.insert(
-                format!("weir-eos/ceiling {ds}"),
-                w.records_per_s / c.records_per_s,
-            );
+        for weir in [
+            Contender::WeirEos,
+            Contender::WeirEosInline,
+            Contender::WeirAlo,
+        ] {
+            pairs.push((weir, Contender::Ceiling, ds));
         }
-        if let (Some(w), Some(c)) = (
-            get(Contender::WeirEosInline, ds),
-            get(Contender::Ceiling, ds),
-        ) {
-            out.insert(
-                format!("weir-eos-inline/ceiling {ds}"),
-                w.records_per_s / c.records_per_s,
-            );
-        }
-        if let (Some(w), Some(c)) = (get(Contender::WeirAlo, ds), get(Contender::Ceiling, ds)) {
-            out.insert(
-                format!("weir-alo/ceiling {ds}"),
-                w.records_per_s / c.records_per_s,
-            );
-        }
-        if let (Some(w), Some(k)) = (get(Contender::WeirEos, ds), get(Contender::KstreamsEos, ds)) {
-            out.insert(
-                format!("weir-eos/kstreams-eos {ds}"),
-                w.records_per_s / k.records_per_s,
-            );
+        pairs.push((Contender::WeirEos, Contender::KstreamsEos, ds));
+    }
+    pairs.push((Contender::WeirTotals, Contender::KstreamsTotals, "totals"));
+    let mut out = BTreeMap::new();
+    for (a, b, ds) in pairs {
+        if let (Some(a_row), Some(b_row)) = (get(a, ds), get(b, ds)) {
+            let name = if ds == "totals" {
+                format!("{}/{}", a.name(), b.name())
+            } else {
+                format!("{}/{} {ds}", a.name(), b.name())
+            };
+            out.insert(name, throughput(a_row, b_row));
         }
     }
-    if let (Some(w), Some(k)) = (
-        get(Contender::WeirTotals, "totals"),
-        get(Contender::KstreamsTotals, "totals"),
-    ) {
+    if let Some(p99) = get(Contender::WeirEos, "100B").and_then(|w| w.median.latency_p99_ms) {
         out.insert(
-            "weir-totals/kstreams-totals".into(),
-            w.records_per_s / k.records_per_s,
+            "weir-eos p99 / commit interval".into(),
+            Ratio {
+                median: p99 / interval as f64,
+                per_round: Vec::new(),
+            },
         );
-    }
-    if let Some(w) = get(Contender::WeirEos, "100B") {
-        if let Some(p99) = w.latency_p99_ms {
-            out.insert(
-                "weir-eos p99 / commit interval".into(),
-                p99 / interval as f64,
-            );
-        }
     }
     out
 }
 
-fn print_table(rows: &[Row], ratios: &BTreeMap<String, f64>) {
+fn print_table(rows: &[Row], ratios: &BTreeMap<String, Ratio>) {
     println!();
     println!(
         "{:<16} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9}  verified",
@@ -966,7 +1002,12 @@ fn print_table(rows: &[Row], ratios: &BTreeMap<String, f64>) {
     }
     println!();
     for (k, v) in ratios {
-        println!("{k:<34} {v:.2}");
+        let rounds: Vec<String> = v.per_round.iter().map(|r| format!("{r:.2}")).collect();
+        if rounds.is_empty() {
+            println!("{k:<34} {:.2}", v.median);
+        } else {
+            println!("{k:<34} {:.2}  (per round {})", v.median, rounds.join(", "));
+        }
     }
 }
 
