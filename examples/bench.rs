@@ -786,6 +786,11 @@ impl Reader {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
+            // The end of a run is when this reader sees the last output: with librdkafka's
+            // default (1 s) it stops fetching for a second whenever its local queue was full —
+            // as it is when a fast contender outruns it — and the run would last up to a
+            // second longer than the contender took. (Until 2026-11-27 14:20 it did.)
+            .set("fetch.queue.backoff.ms", "10")
             .create()
             .expect("reader");
         let mut tpl = TopicPartitionList::new();

@@ -216,6 +216,9 @@ impl Kafka {
             .set("isolation.level", isolation.name())
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            // librdkafka's default (1 s) stops fetching for a second whenever the local queue
+            // was full: a reader that reads a large topic to its end would mostly wait.
+            .set("fetch.queue.backoff.ms", "10")
             .create_with_context(EofIsNormal)
             .expect("test reader");
         let mut tpl = TopicPartitionList::new();
