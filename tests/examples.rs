@@ -304,8 +304,13 @@ fn demo_survives_its_kills_and_restores_lost_state_from_the_changelog() {
 
 /// GETs `http://{address}/metrics`.
 fn scrape(address: &str) -> String {
+    try_scrape(address).expect("connect to the metrics endpoint")
+}
+
+/// GETs `http://{address}/metrics`; `None` while nothing listens there yet.
+fn try_scrape(address: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(address).expect("connect to the metrics endpoint");
+    let mut s = std::net::TcpStream::connect(address).ok()?;
     write!(
         s,
         "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
@@ -313,7 +318,7 @@ fn scrape(address: &str) -> String {
     .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
-    body
+    Some(body)
 }
 
 /// The value of the first sample of `metric` whose line contains every one of `labels`
@@ -323,6 +328,83 @@ fn sample(text: &str, metric: &str, labels: &str) -> Option<f64> {
         .filter(|l| l.starts_with(&format!("{metric} ")) || l.starts_with(&format!("{metric}{{")))
         .filter(|l| labels.split(',').all(|label| l.contains(label)))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A local address nobody listens on (for `metrics.address`).
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn a_partition_that_moves_away_reports_no_lag_on_its_former_owner() {
+    let kafka = shared();
+    let (input, output, app) = (
+        unique("lagmove-in"),
+        unique("lagmove-out"),
+        unique("lagmove"),
+    );
+    kafka.create_topic(&input, 4);
+    kafka.create_topic(&output, 4);
+    // A commit interval of a minute: what the first instance consumes stays uncommitted, lag.
+    let instance = |address: &str| {
+        mirror_cmd(
+            kafka,
+            &app,
+            &input,
+            &output,
+            &[
+                "--set",
+                &format!("metrics.address={address}"),
+                "--set",
+                "processing.guarantee=at_least_once",
+                "--set",
+                "commit.interval.ms=60000",
+            ],
+        )
+    };
+    let (a_address, b_address) = (free_address(), free_address());
+    let a = ChildProcess::spawn("mirror-a", instance(&a_address));
+    kafka.produce(&input, numbered(4, 200));
+    let lag = |address: &str, p: i32| {
+        sample(
+            &try_scrape(address)?,
+            "weir_consumer_lag",
+            &format!("partition=\"{p}\",topic=\"{input}\""),
+        )
+    };
+    wait_for(
+        "200 records of lag on each partition",
+        Duration::from_secs(60),
+        || (0..4).all(|p| lag(&a_address, p) == Some(200.0)),
+    );
+    let b = ChildProcess::spawn("mirror-b", instance(&b_address));
+    let mut moved = Vec::new();
+    wait_for(
+        "the second instance to report its partitions",
+        Duration::from_secs(60),
+        || {
+            moved = (0..4).filter(|&p| lag(&b_address, p).is_some()).collect();
+            !moved.is_empty()
+        },
+    );
+    // The first instance committed the partitions it gave up (at_least_once revoke), and their
+    // lag is the new owner's to report: the old owner must not keep showing 200.
+    wait_for(
+        "the moved partitions' lag at 0 on the first instance",
+        Duration::from_secs(20),
+        || moved.iter().all(|&p| lag(&a_address, p) == Some(0.0)),
+    );
+    assert!(
+        moved.len() < 4,
+        "the first instance kept no partition: {moved:?}"
+    );
+    assert!(b.terminate(Duration::from_secs(30)).success());
+    assert!(a.terminate(Duration::from_secs(30)).success());
 }
 
 #[test]
@@ -335,12 +417,7 @@ fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
     );
     kafka.create_topic(&input, 2);
     kafka.create_topic(&output, 2);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = free_address();
     let mirror = ChildProcess::spawn(
         "mirror",
         mirror_cmd(

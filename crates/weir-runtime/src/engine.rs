@@ -1493,7 +1493,8 @@ impl Engine {
     }
 
     /// Copies the committed offsets of the assigned partitions for the consumer-lag gauge,
-    /// which exists only with `metrics.address`.
+    /// which exists only with `metrics.address`; a partition no longer assigned gets a lag of
+    /// 0 here (its owner reports it now), so that a sum over the instances counts it once.
     fn publish_committed(&self) {
         if self.config.metrics_address.is_none() {
             return;
@@ -1502,6 +1503,9 @@ impl Engine {
             .committed_view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for tp in view.keys().filter(|tp| !self.resume_at.contains_key(tp)) {
+            telemetry::lag_released(tp);
+        }
         view.clone_from(&self.resume_at);
     }
 

@@ -124,6 +124,12 @@ pub(crate) fn consumer_lag(statistics: &[u8], committed: &BTreeMap<TopicPartitio
     }
 }
 
+/// A partition this instance no longer owns: its lag is its new owner's to report.
+pub(crate) fn lag_released(tp: &TopicPartition) {
+    gauge!("weir_consumer_lag", "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
+        .set(0.0);
+}
+
 pub(crate) fn fenced() {
     counter!("weir_fenced_total").increment(1);
 }
