@@ -300,12 +300,12 @@ mod tests {
     #[test]
     fn assignments_decode_and_garbage_gives_what_was_read() {
         let mut b = vec![0, 1, 0, 0, 0, 2];
-        for (topic, parts) in [("orders", vec![2, 0]), ("b", vec![])] {
+        for (topic, parts) in [("orders", vec![2i32, 0]), ("b", vec![])] {
             b.extend((topic.len() as i16).to_be_bytes());
             b.extend(topic.as_bytes());
             b.extend((parts.len() as i32).to_be_bytes());
             for p in parts {
-                b.extend((p as i32).to_be_bytes());
+                b.extend(p.to_be_bytes());
             }
         }
         b.extend((-1i32).to_be_bytes());

@@ -217,41 +217,41 @@ mod tests {
         }
     }
 
-    fn one(mode: Mode, f: PartitionFacts) -> anyhow::Result<Move> {
+    fn one(mode: &Mode, f: PartitionFacts) -> anyhow::Result<Move> {
         let facts = [(("t".to_string(), 0), f)].into();
-        Ok(plan(&mode, &facts)?.remove(0))
+        Ok(plan(mode, &facts)?.remove(0))
     }
 
     #[test]
     fn each_mode_targets_what_kafka_would() {
         let f = || facts(Some(50), 10, 100, Some(70));
-        assert_eq!(one(Mode::Earliest, f()).unwrap().new, 10);
-        assert_eq!(one(Mode::Latest, f()).unwrap().new, 100);
-        assert_eq!(one(Mode::Datetime(1), f()).unwrap().new, 70);
+        assert_eq!(one(&Mode::Earliest, f()).unwrap().new, 10);
+        assert_eq!(one(&Mode::Latest, f()).unwrap().new, 100);
+        assert_eq!(one(&Mode::Datetime(1), f()).unwrap().new, 70);
         assert_eq!(
-            one(Mode::ByDuration(1), facts(Some(50), 10, 100, None))
+            one(&Mode::ByDuration(1), facts(Some(50), 10, 100, None))
                 .unwrap()
                 .new,
             100
         );
-        assert_eq!(one(Mode::ShiftBy(-5), f()).unwrap().new, 45);
-        assert_eq!(one(Mode::ToOffset(60), f()).unwrap().new, 60);
-        assert_eq!(one(Mode::Current, f()).unwrap().new, 50);
+        assert_eq!(one(&Mode::ShiftBy(-5), f()).unwrap().new, 45);
+        assert_eq!(one(&Mode::ToOffset(60), f()).unwrap().new, 60);
+        assert_eq!(one(&Mode::Current, f()).unwrap().new, 50);
         let file = Mode::FromFile([(("t".to_string(), 0), 33)].into());
-        assert_eq!(one(file, f()).unwrap().new, 33);
+        assert_eq!(one(&file, f()).unwrap().new, 33);
     }
 
     #[test]
     fn out_of_range_targets_are_clamped_with_a_warning() {
-        let m = one(Mode::ShiftBy(-100), facts(Some(50), 10, 100, None)).unwrap();
+        let m = one(&Mode::ShiftBy(-100), facts(Some(50), 10, 100, None)).unwrap();
         assert_eq!(m.new, 10);
         assert!(m
             .clamped
             .unwrap()
             .contains("offset -50 is out of range [10, 100]"));
-        let m = one(Mode::ToOffset(500), facts(None, 10, 100, None)).unwrap();
+        let m = one(&Mode::ToOffset(500), facts(None, 10, 100, None)).unwrap();
         assert_eq!((m.new, m.current), (100, None));
-        assert!(one(Mode::ToOffset(20), facts(None, 10, 100, None))
+        assert!(one(&Mode::ToOffset(20), facts(None, 10, 100, None))
             .unwrap()
             .clamped
             .is_none());
@@ -259,13 +259,13 @@ mod tests {
 
     #[test]
     fn modes_that_need_a_committed_offset_say_so() {
-        let e = one(Mode::ShiftBy(1), facts(None, 0, 9, None)).unwrap_err();
+        let e = one(&Mode::ShiftBy(1), facts(None, 0, 9, None)).unwrap_err();
         assert!(
             e.to_string()
                 .contains("t/0 has no committed offset to shift from"),
             "{e}"
         );
-        assert!(one(Mode::Current, facts(None, 0, 9, None)).is_err());
+        assert!(one(&Mode::Current, facts(None, 0, 9, None)).is_err());
     }
 
     #[test]
