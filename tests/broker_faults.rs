@@ -72,3 +72,71 @@ fn copier_is_exactly_once_through_broker_bounces() {
         secs(started)
     );
 }
+
+/// The failure report of the scenarios above prints the output's batches as a broker holds them
+/// (`LocalCluster::dump_partition`): producer id and epoch per batch, and each transaction's
+/// marker. A committed and an aborted transaction must both show.
+#[test]
+fn a_partition_dump_names_producers_and_transaction_markers() {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let kafka = Kafka::start_local(1).unwrap_or_else(|e| panic!("{e}"));
+    let topic = weir_testkit::unique("dump");
+    kafka.create_topic(&topic, 1);
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        weir_kafka::clients::base_config(kafka.bootstrap_servers())
+            .set("transactional.id", weir_testkit::unique("dump-txn"))
+            .create()
+            .expect("transactional producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init");
+    for (n, commit) in [(3, true), (2, false)] {
+        producer.begin_transaction().expect("begin");
+        for i in 0..n {
+            let value = format!("v{i}");
+            producer
+                .send(
+                    BaseRecord::<str, str>::to(&topic)
+                        .partition(0)
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| e)
+                .expect("send");
+        }
+        if commit {
+            producer.commit_transaction(timeout).expect("commit");
+        } else {
+            producer.flush(timeout).expect("flush");
+            producer.abort_transaction(timeout).expect("abort");
+        }
+    }
+    let dump = kafka
+        .local()
+        .expect("a local cluster")
+        .dump_partition(&topic, 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batches: Vec<&str> = dump
+        .lines()
+        .filter(|l| l.starts_with("baseOffset:"))
+        .collect();
+    // The records (in one batch or more per transaction) and two markers, each marker in a
+    // batch of its own.
+    let control = batches.iter().filter(|b| b.contains("isControl: true"));
+    assert_eq!(control.count(), 2, "{dump}");
+    assert!(batches.len() >= 4, "{dump}");
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.contains("producerId:") && b.contains("isTransactional: true")),
+        "{dump}"
+    );
+    assert!(dump.contains("endTxnMarker: COMMIT"), "{dump}");
+    assert!(dump.contains("endTxnMarker: ABORT"), "{dump}");
+    assert!(
+        kafka
+            .local()
+            .expect("a local cluster")
+            .dump_partition(&topic, 7)
+            .is_err(),
+        "a partition that does not exist has no dump"
+    );
+}

@@ -34,6 +34,8 @@ pub struct AppGroup {
     /// `--set KEY=VALUE` for every instance.
     pub settings: Vec<String>,
     pub commit_interval_ms: u64,
+    /// Partitions of the input and the output.
+    pub partitions: i32,
     runs: usize,
 }
 
@@ -51,6 +53,7 @@ impl AppGroup {
             // minimum so the scenarios stay short.
             settings: vec!["consumer.session.timeout.ms=6000".into()],
             commit_interval_ms: 100,
+            partitions,
             runs: 0,
         };
         kafka.create_topic(&g.input, partitions);
@@ -155,6 +158,18 @@ impl AppGroup {
             Check::Totals => verify_totals(&input, &output),
         };
         report.check_live_read(&live, &output);
+        if !report.is_exactly_once() {
+            // Which producer wrote what, and which marker made it visible: the batches of
+            // every output partition as a broker holds them (local clusters only).
+            if let Some(local) = kafka.local() {
+                for p in 0..self.partitions {
+                    match local.dump_partition(&self.output, p) {
+                        Ok(dump) => eprintln!("{dump}"),
+                        Err(e) => eprintln!("no dump of {}-{p}: {e}", self.output),
+                    }
+                }
+            }
+        }
         assert!(report.is_exactly_once(), "{report}");
         assert!(
             report.live == output.len(),

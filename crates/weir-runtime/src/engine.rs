@@ -33,8 +33,11 @@
 //! An abort does not seek at once: it sets `rewind_pending`, and the seek
 //! ([`Engine::rewind_now`]) happens where no poll is in flight — on the polling thread between
 //! two polls, or in the main loop before it starts the next poll — and every record polled
-//! before it is dropped. A record is thus either certainly from before the seek (dropped, and
-//! read again) or certainly from after it, never in doubt.
+//! before it is dropped: by the poll (records it holds), by the main loop (the batch it took
+//! before the seek), and by [`Engine::process`], which refuses a batch while a rewind is still
+//! pending (an abort earlier in the same turn, such as a failed background commit settled at
+//! its start). A record is thus either certainly from before the seek (dropped, and read
+//! again) or certainly from after it, never in doubt.
 //!
 //! # Invariants
 //!
@@ -65,7 +68,7 @@ use weir_kafka::clients::producer_config;
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
 use crate::rebalance::RebalanceHandler;
-use crate::stateful::{by_task, failpoint, restore};
+use crate::stateful::{by_task, failpoint, failpoint_error, restore};
 use crate::{telemetry, RestoreObserver, RuntimeError};
 use weir_state::{changelog_topic, Committed, Marks, RecoveryOutcome, StateManager, TaskCommit};
 
@@ -570,6 +573,13 @@ impl Engine {
         if batch.is_empty() || self.stopped {
             return Ok(());
         }
+        if self.rewind_pending.load(Ordering::SeqCst) {
+            // An abort earlier in this turn (a background commit that failed, settled before
+            // this batch) asked for a rewind that has not happened yet: every record here was
+            // polled before it and is read again after it. Processed now, it would go into the
+            // next transaction ahead of the replay of the records before it — duplicates.
+            return Ok(());
+        }
         self.begin_if_needed().await?;
         let mut tally = PoisonTally::default();
         let mut result = Ok(());
@@ -829,6 +839,12 @@ impl Engine {
         let producer = std::mem::replace(&mut self.producer, next);
         let p = Arc::clone(&producer);
         let task = detached("commit", move || {
+            if failpoint_error("background_commit") {
+                return Err((
+                    "commit_transaction",
+                    KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                ));
+            }
             if let Some(tpl) = tpl {
                 retry_blocking("send_offsets_to_transaction", || {
                     p.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)

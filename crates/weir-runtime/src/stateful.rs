@@ -23,17 +23,37 @@ use crate::{RestoreObserver, RuntimeError};
 pub(crate) fn failpoint(name: &str) {
     static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
-    let spec = SPEC.get_or_init(|| {
-        let v = std::env::var("WEIR_FAILPOINT").ok()?;
+    if reached("WEIR_FAILPOINT", &SPEC, &HITS, name) {
+        eprintln!("weir: failpoint {name} reached: crashing now (WEIR_FAILPOINT)");
+        std::process::abort();
+    }
+}
+
+/// Whether a named step should fail (not crash) this time: `WEIR_FAILPOINT_ERROR`, with the
+/// same `name` or `name:N` syntax as [`failpoint`]. Steps: `background_commit` (a commit
+/// overlapping the next transaction fails as if its flush had timed out).
+pub(crate) fn failpoint_error(name: &str) -> bool {
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let fail = reached("WEIR_FAILPOINT_ERROR", &SPEC, &HITS, name);
+    if fail {
+        eprintln!("weir: failpoint {name} reached: failing it (WEIR_FAILPOINT_ERROR)");
+    }
+    fail
+}
+
+fn reached(
+    var: &str,
+    spec: &OnceLock<Option<(String, u64)>>,
+    hits: &AtomicU64,
+    name: &str,
+) -> bool {
+    let spec = spec.get_or_init(|| {
+        let v = std::env::var(var).ok()?;
         let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
         Some((n.to_string(), count.parse().unwrap_or(1)))
     });
-    if let Some((n, at)) = spec {
-        if n == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
-            eprintln!("weir: failpoint {name} reached: crashing now (WEIR_FAILPOINT)");
-            std::process::abort();
-        }
-    }
+    matches!(spec, Some((n, at)) if n == name && hits.fetch_add(1, Ordering::SeqCst) + 1 == *at)
 }
 
 /// Creates missing changelog topics (compacted, one partition per task) and checks existing

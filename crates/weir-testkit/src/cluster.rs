@@ -164,6 +164,15 @@ impl Kafka {
         &mut self.backend
     }
 
+    /// The local cluster (e.g. for [`LocalCluster::dump_partition`]); `None` on other
+    /// backends.
+    pub fn local(&self) -> Option<&LocalCluster> {
+        match &self.backend {
+            Backend::Local(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The local cluster, for broker fault injection; `None` on other backends.
     pub fn local_mut(&mut self) -> Option<&mut LocalCluster> {
         match &mut self.backend {

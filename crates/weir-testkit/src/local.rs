@@ -149,6 +149,50 @@ impl LocalCluster {
         self.nodes[index].dir.join("server.log")
     }
 
+    /// The batches of `topic`'s `partition` as the first node holding a replica has them on
+    /// disk, from Kafka's `DumpLogSegments`: one `baseOffset: ...` line per batch (producer id
+    /// and epoch, base sequence, transactional or not) and one `endTxnMarker: COMMIT|ABORT`
+    /// line per transaction marker — what a failure report needs to tell which producer wrote
+    /// what, and which transaction made it visible. `Err` says why there is no dump.
+    pub fn dump_partition(&self, topic: &str, partition: i32) -> Result<String, StartError> {
+        let name = format!("{topic}-{partition}");
+        for node in &self.nodes {
+            let dir = node.dir.join("data").join(&name);
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut segments: Vec<String> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .map(|p| p.display().to_string())
+                .collect();
+            if segments.is_empty() {
+                continue;
+            }
+            segments.sort();
+            let out = run_java(
+                &self.java,
+                &self.classpath,
+                &[
+                    "kafka.tools.DumpLogSegments",
+                    "--deep-iteration",
+                    "--files",
+                    &segments.join(","),
+                ],
+            )?;
+            let lines: Vec<&str> = out
+                .lines()
+                .filter(|l| l.starts_with("baseOffset:") || l.contains("endTxnMarker"))
+                .collect();
+            return Ok(format!("{name} on node {}:\n{}", node.id, lines.join("\n")));
+        }
+        Err(StartError::Local {
+            what: format!("dumping {name}"),
+            detail: "no node holds a replica of it".into(),
+        })
+    }
+
     fn spawn(&mut self, index: usize) -> Result<(), StartError> {
         let node = &self.nodes[index];
         let stdout =
