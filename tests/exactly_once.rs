@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::group::feed;
 use common::*;
 use rand::Rng;
-use weir_testkit::{example_bin, shared, unique, verify_copy, ChildProcess, Isolation, Kafka};
+use weir_testkit::{example_bin, shared, verify_copy, ChildProcess, Isolation, Kafka};
 
 const PARTITIONS: i32 = 4;
 const PER_PARTITION: usize = 15_000; // 60,000 records in all
@@ -77,19 +77,6 @@ fn start_mirror(
             .args(["--set", "commit.overlap=true"]);
     }
     ChildProcess::spawn("mirror", cmd)
-}
-
-/// Input and output topics (`partitions` each) and an application id, all new, named after
-/// `prefix`.
-fn topics(kafka: &Kafka, prefix: &str, partitions: i32) -> (String, String, String) {
-    let (input, output, app) = (
-        unique(&format!("{prefix}-in")),
-        unique(&format!("{prefix}-out")),
-        unique(&format!("{prefix}-app")),
-    );
-    kafka.create_topic(&input, partitions);
-    kafka.create_topic(&output, partitions);
-    (input, output, app)
 }
 
 /// Produces the first `up_front` of `records` to `input` now, and the rest from a thread, `chunk`
@@ -169,15 +156,13 @@ fn mirror_is_exactly_once_across_sigkills() {
 
     // The last incarnation finishes the work; then a clean stop.
     let started = Instant::now();
-    wait_for(
+    wait_committed(
         "the group's offsets to reach the end of the input",
         Duration::from_secs(120),
-        || {
-            kafka
-                .committed_offsets(&app, &input)
-                .values()
-                .all(|o| *o == Some(PER_PARTITION as i64))
-        },
+        kafka,
+        &app,
+        &input,
+        PER_PARTITION as i64,
     );
     let status = mirror.terminate(Duration::from_secs(30));
     assert!(
@@ -250,15 +235,13 @@ fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
         // The restart commits in line (overlap off): whatever the crash left open on the second
         // transactional id is aborted all the same.
         let mirror = start_mirror(kafka, &app, &input, &output, &state, 1, None);
-        wait_for(
+        wait_committed(
             "the group's offsets to reach the end of the input",
             Duration::from_secs(120),
-            || {
-                kafka
-                    .committed_offsets(&app, &input)
-                    .values()
-                    .all(|o| *o == Some(4_000))
-            },
+            kafka,
+            &app,
+            &input,
+            4_000,
         );
         let status = mirror.terminate(Duration::from_secs(30));
         assert!(status.success(), "{failpoint}: mirror exited with {status}");
@@ -285,15 +268,13 @@ fn a_failed_overlapped_commit_replays_without_duplicates() {
     cmd.env("WEIR_FAILPOINT_ERROR", "background_commit:2")
         .args(["--set", "commit.overlap=true"]);
     let mirror = ChildProcess::spawn("mirror", cmd);
-    wait_for(
+    wait_committed(
         "the group's offsets to reach the end of the input",
         Duration::from_secs(180),
-        || {
-            kafka
-                .committed_offsets(&app, &input)
-                .values()
-                .all(|o| *o == Some(100_000))
-        },
+        kafka,
+        &app,
+        &input,
+        100_000,
     );
     let status = mirror.terminate(Duration::from_secs(30));
     assert!(status.success(), "mirror exited with {status}");

@@ -118,9 +118,7 @@ fn etl_filters_enriches_and_dead_letters_unparseable_records() {
 #[test]
 fn etl_with_poison_policy_fail_exits_non_zero_naming_the_record() {
     let kafka = shared();
-    let (input, output, app) = (unique("etl-in"), unique("etl-out"), unique("etl-fail"));
-    kafka.create_topic(&input, 1);
-    kafka.create_topic(&output, 1);
+    let (input, output, app) = topics(kafka, "etl-fail", 1);
     orders(&input, kafka);
     let out = etl_cmd(kafka, &app, &input, &output, &[])
         .output()
@@ -207,9 +205,7 @@ fn bad_configuration_is_refused_with_the_key_and_what_to_do() {
 #[test]
 fn at_least_once_mirror_loses_nothing_across_sigkills() {
     let kafka = shared();
-    let (input, output, app) = (unique("alo-in"), unique("alo-out"), unique("alo-kill"));
-    kafka.create_topic(&input, 3);
-    kafka.create_topic(&output, 3);
+    let (input, output, app) = topics(kafka, "alo-kill", 3);
     kafka.produce(&input, numbered(3, 10_000));
     let state = state_dir();
     let start = || {
@@ -240,12 +236,14 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         mirror.kill();
         mirror = start();
     }
-    wait_for("offsets at the end", Duration::from_secs(90), || {
-        kafka
-            .committed_offsets(&app, &input)
-            .values()
-            .all(|o| *o == Some(10_000))
-    });
+    wait_committed(
+        "offsets at the end",
+        Duration::from_secs(90),
+        kafka,
+        &app,
+        &input,
+        10_000,
+    );
     assert!(mirror.terminate(Duration::from_secs(30)).success());
     let report = weir_testkit::verify_copy(
         &kafka.read_to_end(&input, Isolation::ReadCommitted),
@@ -343,13 +341,7 @@ fn free_address() -> String {
 #[test]
 fn a_partition_that_moves_away_reports_no_lag_on_its_former_owner() {
     let kafka = shared();
-    let (input, output, app) = (
-        unique("lagmove-in"),
-        unique("lagmove-out"),
-        unique("lagmove"),
-    );
-    kafka.create_topic(&input, 4);
-    kafka.create_topic(&output, 4);
+    let (input, output, app) = topics(kafka, "lagmove", 4);
     // A commit interval of a minute: what the first instance consumes stays uncommitted, lag.
     let instance = |address: &str| {
         mirror_cmd(
@@ -410,13 +402,7 @@ fn a_partition_that_moves_away_reports_no_lag_on_its_former_owner() {
 #[test]
 fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
     let kafka = shared();
-    let (input, output, app) = (
-        unique("metrics-in"),
-        unique("metrics-out"),
-        unique("metrics"),
-    );
-    kafka.create_topic(&input, 2);
-    kafka.create_topic(&output, 2);
+    let (input, output, app) = topics(kafka, "metrics", 2);
     let address = free_address();
     let mirror = ChildProcess::spawn(
         "mirror",
@@ -429,12 +415,14 @@ fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
         ),
     );
     kafka.produce(&input, numbered(2, 500));
-    wait_for("1000 records committed", Duration::from_secs(60), || {
-        kafka
-            .committed_offsets(&app, &input)
-            .values()
-            .all(|o| *o == Some(500))
-    });
+    wait_committed(
+        "1000 records committed",
+        Duration::from_secs(60),
+        kafka,
+        &app,
+        &input,
+        500,
+    );
     // A commit is counted when weir has taken up its outcome — with `commit.overlap` that is
     // the loop turn after the background commit returned, a moment after Kafka shows it.
     let mut first = String::new();

@@ -169,9 +169,7 @@ impl Processor for FailOnce {
 #[test]
 fn an_operator_error_aborts_and_nothing_of_it_is_visible() {
     let kafka = shared();
-    let (input, output, app) = (unique("abort-in"), unique("abort-out"), unique("abort-app"));
-    kafka.create_topic(&input, 2);
-    kafka.create_topic(&output, 2);
+    let (input, output, app) = topics(kafka, "abort", 2);
     kafka.produce(&input, numbered(2, 2000));
 
     let aborts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -188,15 +186,13 @@ fn an_operator_error_aborts_and_nothing_of_it_is_visible() {
         .build()
         .unwrap();
     let running = InProcess::start(config, processor);
-    wait_for(
+    wait_committed(
         "the group's offsets to reach the end",
         Duration::from_secs(90),
-        || {
-            kafka
-                .committed_offsets(&app, &input)
-                .values()
-                .all(|o| *o == Some(2000))
-        },
+        kafka,
+        &app,
+        &input,
+        2000,
     );
     let summary = running.stop().expect("clean stop");
 
@@ -225,9 +221,7 @@ fn an_operator_error_aborts_and_nothing_of_it_is_visible() {
 #[test]
 fn a_second_incarnation_fences_the_first() {
     let kafka = shared();
-    let (input, output, app) = (unique("fence-in"), unique("fence-out"), unique("fence-app"));
-    kafka.create_topic(&input, 2);
-    kafka.create_topic(&output, 2);
+    let (input, output, app) = topics(kafka, "fence", 2);
     let records = numbered(2, 3000);
     kafka.produce(&input, records[..1000].to_vec());
 
@@ -271,15 +265,13 @@ fn a_second_incarnation_fences_the_first() {
         "{message}"
     );
 
-    wait_for(
+    wait_committed(
         "the second incarnation to finish the input",
         Duration::from_secs(90),
-        || {
-            kafka
-                .committed_offsets(&app, &input)
-                .values()
-                .all(|o| *o == Some(3000))
-        },
+        kafka,
+        &app,
+        &input,
+        3000,
     );
     second.stop().expect("clean stop");
     let report = verify_copy(
@@ -416,21 +408,21 @@ fn auto_offset_reset_earliest_latest_and_none() {
 #[test]
 fn at_least_once_commits_offsets_after_the_outputs_without_transactions() {
     let kafka = shared();
-    let (input, output, app) = (unique("alo-in"), unique("alo-out"), unique("alo-app"));
-    kafka.create_topic(&input, 3);
-    kafka.create_topic(&output, 3);
+    let (input, output, app) = topics(kafka, "alo", 3);
     kafka.produce(&input, numbered(3, 500));
     let config = config(kafka, &app, &input, &output)
         .guarantee(weir::Guarantee::AtLeastOnce)
         .build()
         .unwrap();
     let running = InProcess::start(config, Mirror);
-    wait_for("offsets at the end", Duration::from_secs(60), || {
-        kafka
-            .committed_offsets(&app, &input)
-            .values()
-            .all(|o| *o == Some(500))
-    });
+    wait_committed(
+        "offsets at the end",
+        Duration::from_secs(60),
+        kafka,
+        &app,
+        &input,
+        500,
+    );
     let summary = running.stop().unwrap();
     assert_eq!(summary.records_in, 1500);
     let committed = kafka.read_to_end(&output, Isolation::ReadCommitted);
@@ -494,13 +486,7 @@ fn poison_input(kafka: &weir_testkit::Kafka, input: &str) {
 #[test]
 fn poison_fail_stops_without_committing_past_the_record() {
     let kafka = shared();
-    let (input, output, app) = (
-        unique("poison-in"),
-        unique("poison-out"),
-        unique("poison-fail"),
-    );
-    kafka.create_topic(&input, 1);
-    kafka.create_topic(&output, 1);
+    let (input, output, app) = topics(kafka, "poison-fail", 1);
     poison_input(kafka, &input);
     let err = InProcess::start(config(kafka, &app, &input, &output).build().unwrap(), Parse)
         .join()
@@ -531,13 +517,7 @@ fn poison_fail_stops_without_committing_past_the_record() {
 #[test]
 fn poison_skip_counts_and_goes_on() {
     let kafka = shared();
-    let (input, output, app) = (
-        unique("poison-in"),
-        unique("poison-out"),
-        unique("poison-skip"),
-    );
-    kafka.create_topic(&input, 1);
-    kafka.create_topic(&output, 1);
+    let (input, output, app) = topics(kafka, "poison-skip", 1);
     poison_input(kafka, &input);
     let config = config(kafka, &app, &input, &output)
         .poison_policy(weir::PoisonPolicy::Skip, None)
@@ -665,9 +645,7 @@ fn an_unreachable_broker_is_a_clear_error() {
 #[test]
 fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exactly_once() {
     let kafka = shared();
-    let (input, output, app) = (unique("rebal-in"), unique("rebal-out"), unique("rebal-app"));
-    kafka.create_topic(&input, 4);
-    kafka.create_topic(&output, 4);
+    let (input, output, app) = topics(kafka, "rebal", 4);
     let records = numbered(4, 2_000);
     kafka.produce(&input, records[..4_000].to_vec());
 
@@ -728,9 +706,7 @@ fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exac
 #[test]
 fn the_kip848_consumer_protocol_shares_partitions_and_stays_exactly_once() {
     let kafka = shared();
-    let (input, output, app) = (unique("k848-in"), unique("k848-out"), unique("k848-app"));
-    kafka.create_topic(&input, 4);
-    kafka.create_topic(&output, 4);
+    let (input, output, app) = topics(kafka, "k848", 4);
     let records = numbered(4, 2_000);
     kafka.produce(&input, records[..4_000].to_vec());
     let cfg = || {

@@ -98,6 +98,37 @@ pub fn on_thread_within<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not return within {timeout:?}"))
 }
 
+/// Input and output topics (`partitions` each) and an application id, all new, named after
+/// `prefix`.
+pub fn topics(kafka: &Kafka, prefix: &str, partitions: i32) -> (String, String, String) {
+    let (input, output, app) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-app")),
+    );
+    kafka.create_topic(&input, partitions);
+    kafka.create_topic(&output, partitions);
+    (input, output, app)
+}
+
+/// Waits (`what`, up to `timeout`) until `app` has committed offset `end` on every partition
+/// of `input`.
+pub fn wait_committed(
+    what: &str,
+    timeout: Duration,
+    kafka: &Kafka,
+    app: &str,
+    input: &str,
+    end: i64,
+) {
+    wait_for(what, timeout, || {
+        kafka
+            .committed_offsets(app, input)
+            .values()
+            .all(|o| *o == Some(end))
+    });
+}
+
 /// Records visible to read_committed readers of `topic`.
 pub fn committed_count(kafka: &Kafka, topic: &str) -> usize {
     kafka.read_to_end(topic, Isolation::ReadCommitted).len()

@@ -58,13 +58,18 @@ impl ClientContext for RebalanceHandler {
     /// Parsed here rather than through `rdkafka::Statistics`, whose strict schema does not
     /// follow every librdkafka version.
     fn stats_raw(&self, statistics: &[u8]) {
-        // Under the lock, so that a revoke (which zeroes the gauges of the partitions it takes
-        // away, under the same lock) cannot be overtaken by a sample taken before it.
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            tracing::debug!("unparseable librdkafka statistics");
+            return;
+        };
+        // The gauges are set under the lock (the JSON is parsed before it, off the commit
+        // path), so that a revoke, which zeroes the gauges of the partitions it takes away
+        // under the same lock, cannot be overtaken by a sample taken before it.
         let committed = self
             .committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::telemetry::consumer_lag(statistics, &committed);
+        crate::telemetry::consumer_lag(&stats, &committed);
     }
 }
 

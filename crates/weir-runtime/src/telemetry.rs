@@ -106,11 +106,7 @@ fn describe() {
 /// Consumer lag per assigned partition: the partition's end (`ls_offset`, the last stable
 /// offset — the high watermark under read_uncommitted — from librdkafka's statistics JSON)
 /// minus the offset weir committed for it.
-pub(crate) fn consumer_lag(statistics: &[u8], committed: &BTreeMap<TopicPartition, i64>) {
-    let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
-        tracing::debug!("unparseable librdkafka statistics");
-        return;
-    };
+pub(crate) fn consumer_lag(stats: &serde_json::Value, committed: &BTreeMap<TopicPartition, i64>) {
     for (tp, offset) in committed {
         let p = &stats["topics"][&tp.topic]["partitions"][tp.partition.to_string()];
         let end = ["ls_offset", "hi_offset"]
