@@ -133,6 +133,9 @@ enum Worker {
         input: String,
         output: String,
         commit_interval_ms: u64,
+        /// Producer properties over the defaults (`k=v`, repeatable).
+        #[arg(long = "set")]
+        set: Vec<String>,
     },
 }
 
@@ -146,6 +149,13 @@ enum Contender {
     KstreamsEos,
     WeirTotals,
     KstreamsTotals,
+    /// An experiment: `weir-eos` with the extra keys in `WEIR_BENCH_X_SET` ("k=v k=v"), run
+    /// only when `--only` names it, so that a change of settings is measured against
+    /// `weir-eos` in the same rounds.
+    WeirEosX,
+    /// An experiment: the ceiling with the producer properties in `WEIR_BENCH_CEILING_X_SET`
+    /// ("k=v k=v"), run only when `--only` names it.
+    CeilingX,
 }
 
 impl Contender {
@@ -158,6 +168,8 @@ impl Contender {
             Contender::KstreamsEos => "kstreams-eos",
             Contender::WeirTotals => "weir-totals",
             Contender::KstreamsTotals => "kstreams-totals",
+            Contender::WeirEosX => "weir-eos-x",
+            Contender::CeilingX => "ceiling-x",
         }
     }
 
@@ -218,9 +230,10 @@ fn main() -> anyhow::Result<()> {
         input,
         output,
         commit_interval_ms,
+        set,
     }) = &args.worker
     {
-        return raw_copy(bootstrap, group, input, output, *commit_interval_ms);
+        return raw_copy(bootstrap, group, input, output, *commit_interval_ms, set);
     }
     common::init_tracing_with("warn,rdkafka=error");
     let started_unix = now_ms() / 1000;
@@ -266,6 +279,8 @@ fn main() -> anyhow::Result<()> {
                 Contender::WeirEosInline,
                 Contender::WeirAlo,
                 Contender::KstreamsEos,
+                Contender::WeirEosX,
+                Contender::CeilingX,
             ]
         };
         let mut plan: Vec<(Contender, u64)> = contenders
@@ -279,7 +294,12 @@ fn main() -> anyhow::Result<()> {
         if ds.name == "100B" {
             plan.extend(args.sweep.iter().map(|ms| (Contender::WeirEos, *ms)));
         }
-        plan.retain(|(c, _)| args.only.is_empty() || args.only.iter().any(|o| o == c.name()));
+        plan.retain(|(c, _)| {
+            let named = args.only.iter().any(|o| o == c.name());
+            named
+                || (args.only.is_empty()
+                    && !matches!(c, Contender::WeirEosX | Contender::CeilingX))
+        });
         // Round-robin: run i of every contender before run i + 1 of any, so that a drift of
         // the machine or the broker over the session (page cache, log growth, other load)
         // spreads over all contenders instead of favouring those that run first; and every
@@ -521,13 +541,22 @@ impl Launcher<'_> {
         };
         let interval = self.interval.to_string();
         let mut cmd = match self.contender {
-            Contender::Ceiling => {
+            Contender::Ceiling | Contender::CeilingX => {
                 let mut c = Command::new(std::env::current_exe().expect("current_exe"));
                 c.args(["raw-copy", bootstrap, app, input, output, &interval]);
+                if self.contender == Contender::CeilingX {
+                    for kv in std::env::var("WEIR_BENCH_CEILING_X_SET")
+                        .unwrap_or_default()
+                        .split_whitespace()
+                    {
+                        c.args(["--set", kv]);
+                    }
+                }
                 c
             }
             Contender::WeirEos
             | Contender::WeirEosInline
+            | Contender::WeirEosX
             | Contender::WeirAlo
             | Contender::WeirTotals => {
                 let example = if self.contender == Contender::WeirTotals {
@@ -551,6 +580,14 @@ impl Launcher<'_> {
                     ]);
                 if self.contender == Contender::WeirEosInline {
                     c.args(["--set", "commit.overlap=false"]);
+                }
+                if self.contender == Contender::WeirEosX {
+                    for kv in std::env::var("WEIR_BENCH_X_SET")
+                        .unwrap_or_default()
+                        .split_whitespace()
+                    {
+                        c.args(["--set", kv]);
+                    }
                 }
                 // WEIR_BENCH_SET="k=v k=v": extra weir keys, for experiments.
                 for kv in std::env::var("WEIR_BENCH_SET")
@@ -630,12 +667,12 @@ impl Launcher<'_> {
             Some(n),
         );
         let broker_before = self.broker_cpu();
-        let child = ChildProcess::spawn(
+        let mut child = ChildProcess::spawn(
             self.contender.name(),
             self.command(&app, &ds.topic, &output, &state),
         );
         let pid = child.id();
-        let seen = reader.wait(Duration::from_secs(900));
+        let seen = reader.wait(Duration::from_secs(900), || child.is_running());
         let (cpu, rss) = proc_usage(pid);
         let broker_cpu = broker_before.zip(self.broker_cpu()).map(|(a, b)| b - a);
         let status = child.terminate(Duration::from_secs(60));
@@ -648,7 +685,8 @@ impl Launcher<'_> {
         };
         let Some(seen) = seen else {
             run.problem = Some(format!(
-                "the output did not reach {n} records in 900 s (exit: {status})"
+                "the output did not reach {n} records (exit: {status}; the contender's \
+                 output is above)"
             ));
             return Ok(run);
         };
@@ -720,7 +758,7 @@ impl Launcher<'_> {
             self.partitions,
             Some(total),
         );
-        let child = ChildProcess::spawn(
+        let mut child = ChildProcess::spawn(
             self.contender.name(),
             self.command(&app, &input, &output, &state),
         );
@@ -745,7 +783,7 @@ impl Launcher<'_> {
             send(i)?;
         }
         p.flush(Duration::from_secs(30))?;
-        let seen = reader.wait(Duration::from_secs(120));
+        let seen = reader.wait(Duration::from_secs(120), || child.is_running());
         let _ = child.terminate(Duration::from_secs(60));
         let _ = std::fs::remove_dir_all(&state);
         let _ = self
@@ -845,10 +883,18 @@ impl Reader {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn wait(self, timeout: Duration) -> Option<Seen> {
-        let deadline = Instant::now() + timeout;
+    /// Waits until the reader has seen everything, `timeout` has passed, or `alive` says the
+    /// contender is gone (then after a last second: a contender that exits early failed, and a
+    /// bench that waited out the timeout for it would hang for fifteen minutes).
+    fn wait(self, timeout: Duration, mut alive: impl FnMut() -> bool) -> Option<Seen> {
+        let mut deadline = Instant::now() + timeout;
+        let mut gone = false;
         while !self.handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+            if !gone && !alive() {
+                gone = true;
+                deadline = deadline.min(Instant::now() + Duration::from_secs(1));
+            }
         }
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().ok().flatten()
@@ -942,6 +988,8 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, Ratio> {
             Contender::WeirEos,
             Contender::WeirEosInline,
             Contender::WeirAlo,
+            Contender::WeirEosX,
+            Contender::CeilingX,
         ] {
             pairs.push((weir, Contender::Ceiling, ds));
         }
@@ -1024,6 +1072,7 @@ fn raw_copy(
     input: &str,
     output: &str,
     interval_ms: u64,
+    set: &[String],
 ) -> anyhow::Result<()> {
     use rdkafka::consumer::CommitMode;
     let consumer: BaseConsumer = base_config(bootstrap)
@@ -1037,19 +1086,45 @@ fn raw_copy(
         // local queue was full, which idles a fast consumer once it drains the queue.
         .set("fetch.queue.backoff.ms", "10")
         .create()?;
-    let producer: ThreadedProducer<DefaultProducerContext> = base_config(bootstrap)
+    let mut config = base_config(bootstrap);
+    // The producer settings of weir-eos (a long linger, a small window: see
+    // `weir_kafka::clients::producer_config`), which spare librdkafka's producer thread its
+    // spinning; the ceiling with weir's at_least_once settings (linger 5 ms, a 1 GiB window)
+    // used 2–3 times the CPU (docs/benchmarks.md). It flushes when idle instead of at commits.
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", weir_kafka::clients::EOS_LINGER_MS.to_string())
         .set("queue.buffering.max.messages", "500000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .create()?;
+        .set(
+            "queue.buffering.max.kbytes",
+            weir_kafka::clients::EOS_WINDOW_KBYTES.to_string(),
+        );
+    for kv in set {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv}: expected key=value"))?;
+        config.set(k, v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
     consumer.subscribe(&[input])?;
     let term = Arc::new(AtomicBool::new(false));
     signal_hook_flag(&term);
     let mut last_commit = Instant::now();
     while !term.load(Ordering::Relaxed) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+        let next = consumer.poll(Duration::from_millis(10));
+        if next.is_none() {
+            // Idle: send what lingers (a ceiling with a long `linger.ms`, as weir-eos has,
+            // would otherwise hold its last outputs for that long). librdkafka's flush, not
+            // rdkafka's, which sleeps in `poll` (see the runtime's `drain`).
+            // SAFETY: the producer's live handle; `rd_kafka_flush` may be called from any
+            // thread.
+            #[allow(unsafe_code)]
+            unsafe {
+                rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 10);
+            }
+        }
+        if let Some(Ok(m)) = next {
             let mut r = BaseRecord::<[u8], [u8]>::to(output).partition(m.partition());
             if let Some(k) = m.key() {
                 r = r.key(k);
@@ -1065,8 +1140,10 @@ fn raw_copy(
                 match producer.send(r) {
                     Ok(()) => break,
                     Err((_, back)) => {
+                        // The queue is full: wait for room. (rdkafka's `poll` on a
+                        // `ThreadedProducer` does not sleep: it spins reading the clock.)
                         r = back;
-                        producer.poll(Duration::from_millis(1));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                 }
             }

@@ -63,12 +63,31 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
 /// The producer: idempotent and `acks=all` always; under exactly_once transactional with
 /// `transactional_id` (`{application.id}-{instance.id}`, or its `#2` for `commit.overlap`),
 /// which also names the client (`{transactional_id}-producer`).
+///
+/// Under exactly_once, outputs become visible only when their transaction commits, and every
+/// commit flushes the producer (batches go out at once, whatever `linger.ms` says). So weir lets
+/// batches fill for up to [`EOS_LINGER_MS`] instead of 5 ms — no latency a reader can see — and
+/// keeps at most [`EOS_WINDOW_KBYTES`] unacknowledged in the producer. Together they stop
+/// librdkafka's producer thread from spinning: whenever a batch is ready but the connection has
+/// its 5 requests in flight (idempotence allows no more) and one more queued, that thread calls
+/// `poll` with a zero timeout until the broker answers — measured, 321,000 such calls per
+/// 200,000 records of 1 KB, a third of the pipeline's CPU, taken from the broker it waits for on
+/// a small machine (docs/benchmarks.md). With the window smaller than the requests a connection
+/// holds, no ready batch waits behind a full connection, and the producer thread sleeps until
+/// the broker answers; the application waits for room in the window instead.
 pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "500000")
-        .set("queue.buffering.max.kbytes", "1048576")
+    c.set("queue.buffering.max.messages", "500000")
         .set("compression.type", "none");
+    if config.guarantee == Guarantee::ExactlyOnce {
+        c.set("linger.ms", EOS_LINGER_MS.to_string()).set(
+            "queue.buffering.max.kbytes",
+            EOS_WINDOW_KBYTES.to_string(),
+        );
+    } else {
+        c.set("linger.ms", "5")
+            .set("queue.buffering.max.kbytes", "1048576");
+    }
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.producer);
     c.set("bootstrap.servers", &config.bootstrap_servers)
@@ -76,6 +95,16 @@ pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig 
         .set("enable.idempotence", "true")
         .set("acks", "all");
     if config.guarantee == Guarantee::ExactlyOnce {
+        // weir's window must hold the largest message the producer accepts, or that message
+        // could never be queued (a window the application set is its own).
+        let key = "queue.buffering.max.kbytes";
+        if !config.kafka.contains_key(key) && !config.producer.contains_key(key) {
+            let largest = c
+                .get("message.max.bytes")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |bytes| bytes.div_ceil(1024));
+            c.set(key, EOS_WINDOW_KBYTES.max(largest).to_string());
+        }
         c.set("transactional.id", transactional_id).set(
             "transaction.timeout.ms",
             config.transaction_timeout.as_millis().to_string(),
@@ -83,6 +112,14 @@ pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig 
     }
     c
 }
+
+/// `linger.ms` of the exactly_once producer (see [`producer_config`]).
+pub const EOS_LINGER_MS: u64 = 100;
+
+/// `queue.buffering.max.kbytes` of the exactly_once producer: four full batches (librdkafka's
+/// `batch.size` is 1,000,000 bytes), fewer than the five requests in flight plus one queued
+/// that make its producer thread spin (see [`producer_config`]).
+pub const EOS_WINDOW_KBYTES: u64 = 4096;
 
 /// A plain client configuration for admin calls and one-off reads.
 pub fn base_config(bootstrap_servers: &str) -> ClientConfig {
@@ -120,6 +157,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("static.membership"), "{err}");
+    }
+
+    #[test]
+    fn exactly_once_lingers_in_a_small_window_and_at_least_once_does_not() {
+        let eos = producer_config(&config(""), "t");
+        assert_eq!(eos.get("linger.ms"), Some("100"));
+        assert_eq!(eos.get("queue.buffering.max.kbytes"), Some("4096"));
+        let alo = producer_config(&config("\"processing.guarantee\" = \"at_least_once\""), "t");
+        assert_eq!(alo.get("linger.ms"), Some("5"));
+        assert_eq!(alo.get("queue.buffering.max.kbytes"), Some("1048576"));
+        // The window grows to hold the largest message; an explicit window is left alone.
+        let big = producer_config(&config("producer.\"message.max.bytes\" = \"10000000\""), "t");
+        assert_eq!(big.get("queue.buffering.max.kbytes"), Some("9766"));
+        let set = producer_config(
+            &config("producer.\"message.max.bytes\" = \"10000000\"\nproducer.\"queue.buffering.max.kbytes\" = \"2048\"\nproducer.\"linger.ms\" = \"7\""),
+            "t",
+        );
+        assert_eq!(set.get("queue.buffering.max.kbytes"), Some("2048"));
+        assert_eq!(set.get("linger.ms"), Some("7"));
     }
 
     #[test]
