@@ -65,7 +65,10 @@ impl LocalCluster {
         ));
         fs::create_dir_all(&root).map_err(|e| StartError::io(&root, e))?;
 
-        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = free_ports(2 * nodes)
+            .chunks(2)
+            .map(|p| (p[0], p[1]))
+            .collect();
         let voters = ports
             .iter()
             .enumerate()
@@ -434,11 +437,17 @@ fn write(path: &Path, text: &str) -> Result<(), StartError> {
     fs::write(path, text).map_err(|e| StartError::io(path, e))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+/// `n` distinct free loopback ports. The listeners are held until all are chosen: one at a
+/// time, the system may hand out the port it has just released, and a broker whose two
+/// listeners got the same port refuses to format its storage (seen once in the suite).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound listener's address").port())
+        .collect()
 }
 
 fn tail(log: &Path, stdout: &Path) -> String {
@@ -617,5 +626,18 @@ fn set_parent_death_signal(cmd: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_ports;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let mut ports = free_ports(16);
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 16, "{ports:?}");
     }
 }
