@@ -297,8 +297,7 @@ fn main() -> anyhow::Result<()> {
         plan.retain(|(c, _)| {
             let named = args.only.iter().any(|o| o == c.name());
             named
-                || (args.only.is_empty()
-                    && !matches!(c, Contender::WeirEosX | Contender::CeilingX))
+                || (args.only.is_empty() && !matches!(c, Contender::WeirEosX | Contender::CeilingX))
         });
         // Round-robin: run i of every contender before run i + 1 of any, so that a drift of
         // the machine or the broker over the session (page cache, log growth, other load)

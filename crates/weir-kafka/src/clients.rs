@@ -80,10 +80,8 @@ pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig 
     c.set("queue.buffering.max.messages", "500000")
         .set("compression.type", "none");
     if config.guarantee == Guarantee::ExactlyOnce {
-        c.set("linger.ms", EOS_LINGER_MS.to_string()).set(
-            "queue.buffering.max.kbytes",
-            EOS_WINDOW_KBYTES.to_string(),
-        );
+        c.set("linger.ms", EOS_LINGER_MS.to_string())
+            .set("queue.buffering.max.kbytes", EOS_WINDOW_KBYTES.to_string());
     } else {
         c.set("linger.ms", "5")
             .set("queue.buffering.max.kbytes", "1048576");
@@ -168,7 +166,10 @@ mod tests {
         assert_eq!(alo.get("linger.ms"), Some("5"));
         assert_eq!(alo.get("queue.buffering.max.kbytes"), Some("1048576"));
         // The window grows to hold the largest message; an explicit window is left alone.
-        let big = producer_config(&config("producer.\"message.max.bytes\" = \"10000000\""), "t");
+        let big = producer_config(
+            &config("producer.\"message.max.bytes\" = \"10000000\""),
+            "t",
+        );
         assert_eq!(big.get("queue.buffering.max.kbytes"), Some("9766"));
         let set = producer_config(
             &config("producer.\"message.max.bytes\" = \"10000000\"\nproducer.\"queue.buffering.max.kbytes\" = \"2048\"\nproducer.\"linger.ms\" = \"7\""),
