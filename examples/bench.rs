@@ -8,7 +8,7 @@
 //!
 //! | contender | what |
 //! |---|---|
-//! | `ceiling` | a raw rdkafka copy: consume, produce (acks=all, idempotent), offsets committed async every interval; no transactions |
+//! | `ceiling` | a raw rdkafka copy: consume, produce (acks=all, idempotent, weir-eos's producer settings: linger 100 ms in a 4 MiB window, flushed when idle), offsets committed async every interval; no transactions |
 //! | `weir-eos` | the `mirror` example, exactly_once |
 //! | `weir-eos-inline` | the same with `commit.overlap = false` (each commit completes before the next transaction starts) |
 //! | `weir-alo` | the `mirror` example, at_least_once |

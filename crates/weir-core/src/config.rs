@@ -825,8 +825,8 @@ mod docs_tests {
         let config = Config::from_toml_str(&doc[start..end]).unwrap();
         assert_eq!(config.poison_policy, PoisonPolicy::DeadLetter);
         assert_eq!(
-            config.producer.get("linger.ms").map(String::as_str),
-            Some("10")
+            config.producer.get("compression.type").map(String::as_str),
+            Some("lz4")
         );
         assert_eq!(
             config.kafka.get("client.rack").map(String::as_str),
