@@ -544,12 +544,7 @@ impl Launcher<'_> {
                 let mut c = Command::new(std::env::current_exe().expect("current_exe"));
                 c.args(["raw-copy", bootstrap, app, input, output, &interval]);
                 if self.contender == Contender::CeilingX {
-                    for kv in std::env::var("WEIR_BENCH_CEILING_X_SET")
-                        .unwrap_or_default()
-                        .split_whitespace()
-                    {
-                        c.args(["--set", kv]);
-                    }
+                    set_from_env(&mut c, "WEIR_BENCH_CEILING_X_SET");
                 }
                 c
             }
@@ -581,20 +576,10 @@ impl Launcher<'_> {
                     c.args(["--set", "commit.overlap=false"]);
                 }
                 if self.contender == Contender::WeirEosX {
-                    for kv in std::env::var("WEIR_BENCH_X_SET")
-                        .unwrap_or_default()
-                        .split_whitespace()
-                    {
-                        c.args(["--set", kv]);
-                    }
+                    set_from_env(&mut c, "WEIR_BENCH_X_SET");
                 }
                 // WEIR_BENCH_SET="k=v k=v": extra weir keys, for experiments.
-                for kv in std::env::var("WEIR_BENCH_SET")
-                    .unwrap_or_default()
-                    .split_whitespace()
-                {
-                    c.args(["--set", kv]);
-                }
+                set_from_env(&mut c, "WEIR_BENCH_SET");
                 c
             }
             Contender::KstreamsEos | Contender::KstreamsTotals => {
@@ -1114,14 +1099,8 @@ fn raw_copy(
         let next = consumer.poll(Duration::from_millis(10));
         if next.is_none() {
             // Idle: send what lingers (a ceiling with a long `linger.ms`, as weir-eos has,
-            // would otherwise hold its last outputs for that long). librdkafka's flush, not
-            // rdkafka's, which sleeps in `poll` (see the runtime's `drain`).
-            // SAFETY: the producer's live handle; `rd_kafka_flush` may be called from any
-            // thread.
-            #[allow(unsafe_code)]
-            unsafe {
-                rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 10);
-            }
+            // would otherwise hold its last outputs for that long).
+            weir_kafka::clients::flush_now(producer.client(), Duration::from_millis(10));
         }
         if let Some(Ok(m)) = next {
             let mut r = BaseRecord::<[u8], [u8]>::to(output).partition(m.partition());
@@ -1158,6 +1137,13 @@ fn raw_copy(
     producer.flush(Duration::from_secs(30))?;
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     Ok(())
+}
+
+/// `--set k=v` for every `k=v` in the environment variable `var` (whitespace-separated).
+fn set_from_env(cmd: &mut Command, var: &str) {
+    for kv in std::env::var(var).unwrap_or_default().split_whitespace() {
+        cmd.args(["--set", kv]);
+    }
 }
 
 /// Sets `flag` on SIGTERM or SIGINT.

@@ -4,7 +4,11 @@
 //! `consumer.*` / `producer.*` passthrough, then the properties weir manages (which validation
 //! already keeps out of the passthrough maps).
 
+use std::time::Duration;
+
+use rdkafka::client::Client;
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use weir_core::{Config, GroupProtocol, Guarantee, OffsetReset};
 
 /// The consumer: a member of group `application.id`, offsets committed only by weir, reading
@@ -80,8 +84,18 @@ pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig 
     c.set("queue.buffering.max.messages", "500000")
         .set("compression.type", "none");
     if config.guarantee == Guarantee::ExactlyOnce {
-        c.set("linger.ms", EOS_LINGER_MS.to_string())
-            .set("queue.buffering.max.kbytes", EOS_WINDOW_KBYTES.to_string());
+        // The window must hold the largest message the producer accepts, or that message
+        // could never be queued (a window set in the passthrough below is the application's).
+        let largest = config
+            .producer
+            .get("message.max.bytes")
+            .or_else(|| config.kafka.get("message.max.bytes"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |bytes| bytes.div_ceil(1024));
+        c.set("linger.ms", EOS_LINGER_MS.to_string()).set(
+            "queue.buffering.max.kbytes",
+            EOS_WINDOW_KBYTES.max(largest).to_string(),
+        );
     } else {
         c.set("linger.ms", "5")
             .set("queue.buffering.max.kbytes", "1048576");
@@ -93,16 +107,6 @@ pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig 
         .set("enable.idempotence", "true")
         .set("acks", "all");
     if config.guarantee == Guarantee::ExactlyOnce {
-        // weir's window must hold the largest message the producer accepts, or that message
-        // could never be queued (a window the application set is its own).
-        let key = "queue.buffering.max.kbytes";
-        if !config.kafka.contains_key(key) && !config.producer.contains_key(key) {
-            let largest = c
-                .get("message.max.bytes")
-                .and_then(|v| v.parse::<u64>().ok())
-                .map_or(0, |bytes| bytes.div_ceil(1024));
-            c.set(key, EOS_WINDOW_KBYTES.max(largest).to_string());
-        }
         c.set("transactional.id", transactional_id).set(
             "transaction.timeout.ms",
             config.transaction_timeout.as_millis().to_string(),
@@ -118,6 +122,21 @@ pub const EOS_LINGER_MS: u64 = 100;
 /// `batch.size` is 1,000,000 bytes), fewer than the five requests in flight plus one queued
 /// that make its producer thread spin (see [`producer_config`]).
 pub const EOS_WINDOW_KBYTES: u64 = 4096;
+
+/// librdkafka's `rd_kafka_flush` on a producer's client, for up to `timeout`: lingering batches
+/// go out at once, and with delivery reports as events (as rdkafka has them) it waits on a
+/// condition variable until the last one is served — where rdkafka's `flush` sleeps in `poll`
+/// for up to 100 ms whenever anything is in flight. Returns whether nothing was left.
+pub fn flush_now<C: ClientContext>(producer: &Client<C>, timeout: Duration) -> bool {
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: `producer` is a live client handle for the whole call, and `rd_kafka_flush` may
+    // be called from any thread (on a consumer it returns an error, not undefined behaviour).
+    #[allow(unsafe_code)]
+    let err = unsafe { rdkafka::bindings::rd_kafka_flush(producer.native_ptr(), ms) };
+    err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+}
 
 /// A plain client configuration for admin calls and one-off reads.
 pub fn base_config(bootstrap_servers: &str) -> ClientConfig {

@@ -280,19 +280,12 @@ pub(crate) type WeirProducer = ThreadedProducer<DeliveryContext>;
 /// the last delivery report is served. With the queue empty, rdkafka's flush returns at once.
 fn drain(producer: &WeirProducer) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let client = producer.client().native_ptr();
     while producer.in_flight_count() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return false;
         }
-        let step = i32::try_from(left.as_millis().min(100)).unwrap_or(100);
-        // SAFETY: `client` is the producer's live handle (`producer` is borrowed for the whole
-        // call), and `rd_kafka_flush` may be called from any thread.
-        #[allow(unsafe_code)]
-        unsafe {
-            rdkafka::bindings::rd_kafka_flush(client, step.max(1));
-        }
+        weir_kafka::clients::flush_now(producer.client(), left.min(Duration::from_millis(100)));
     }
     true
 }
