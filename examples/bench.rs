@@ -149,9 +149,9 @@ enum Contender {
     KstreamsEos,
     WeirTotals,
     KstreamsTotals,
-    /// An experiment: `weir-eos` with the extra keys in `WEIR_BENCH_X_SET` ("k=v k=v"), run
-    /// only when `--only` names it, so that a change of settings is measured against
-    /// `weir-eos` in the same rounds.
+    /// An experiment: `weir-eos` with the extra keys in `WEIR_BENCH_X_SET` ("k=v k=v"), or
+    /// with the mirror binary in `WEIR_BENCH_X_BIN`, run only when `--only` names it, so that a
+    /// change of settings or code is measured against `weir-eos` in the same rounds.
     WeirEosX,
     /// An experiment: the ceiling with the producer properties in `WEIR_BENCH_CEILING_X_SET`
     /// ("k=v k=v"), run only when `--only` names it.
@@ -558,7 +558,13 @@ impl Launcher<'_> {
                 } else {
                     "mirror"
                 };
-                let mut c = Command::new(sibling(example));
+                // WEIR_BENCH_X_BIN: weir-eos-x runs this mirror binary instead (e.g. a copy
+                // built from an earlier commit), to measure a code change in the same rounds.
+                let program = match std::env::var_os("WEIR_BENCH_X_BIN") {
+                    Some(bin) if self.contender == Contender::WeirEosX => PathBuf::from(bin),
+                    _ => sibling(example),
+                };
+                let mut c = Command::new(program);
                 c.args(["--bootstrap-servers", bootstrap, "--application-id", app])
                     .args(["--input-topic", input, "--output-topic", output])
                     .arg("--state-dir")

@@ -21,7 +21,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
-use weir_core::{AppInfo, Config, Guarantee, Processor, RestoreProgress};
+use weir_core::{AppInfo, Config, Guarantee, Processor, Record, RestoreProgress};
 use weir_kafka::admin::Admin;
 use weir_kafka::clients::consumer_config;
 
@@ -328,11 +328,14 @@ async fn main_loop(
 ) -> Result<(), RuntimeError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let (max, wait) = (config.max_batch_records, config.max_batch_wait);
-    let start_poll = || {
+    let start_poll = |buffer: Vec<Record>| {
         let c = Arc::clone(consumer);
-        tokio::task::spawn_blocking(move || poll::poll_batch(&c, max, wait))
+        tokio::task::spawn_blocking(move || poll::poll_batch(&c, max, wait, buffer))
     };
-    let mut in_flight = Some(start_poll());
+    // Two batch buffers take turns: one is filled by the poll in flight while the other's
+    // records are processed; emptied, it goes to the poll after next.
+    let mut spare: Vec<Record> = Vec::new();
+    let mut in_flight = Some(start_poll(Vec::new()));
     let result = loop {
         let Some(poll) = in_flight.take() else {
             break Ok(());
@@ -347,8 +350,11 @@ async fn main_loop(
             Err(e) => break Err(e),
         }
         // The next batch is polled while this one is processed and committed.
-        in_flight = Some(start_poll());
-        if let Err(e) = step(&mut engine, polled).await {
+        in_flight = Some(start_poll(std::mem::take(&mut spare)));
+        let stepped = step(&mut engine, &mut polled).await;
+        polled.records.clear();
+        spare = polled.records;
+        if let Err(e) = stepped {
             if !engine.producer_failed() {
                 break Err(e);
             }
@@ -374,15 +380,15 @@ async fn main_loop(
 
 /// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, a
 /// background commit that has finished, the batch, and the commit when it is due.
-async fn step(engine: &mut Engine, polled: poll::Polled) -> Result<(), RuntimeError> {
+async fn step(engine: &mut Engine, polled: &mut poll::Polled) -> Result<(), RuntimeError> {
     if let Some(e) = engine.failure.take() {
         return Err(e);
     }
-    if let Some(e) = polled.error {
+    if let Some(e) = polled.error.take() {
         poll_error(e)?;
     }
     engine.settle_if_finished().await?;
-    engine.process(polled.records).await?;
+    engine.process(&polled.records).await?;
     if engine.commit_due() {
         engine.commit("interval").await?;
     }

@@ -574,7 +574,7 @@ impl Engine {
     }
 
     /// Step 2 of the commit cycle: run the operator on one batch and produce its outputs.
-    pub(crate) async fn process(&mut self, batch: Vec<Record>) -> Result<(), RuntimeError> {
+    pub(crate) async fn process(&mut self, batch: &[Record]) -> Result<(), RuntimeError> {
         if batch.is_empty() || self.stopped {
             return Ok(());
         }
@@ -588,8 +588,8 @@ impl Engine {
         self.begin_if_needed().await?;
         let mut tally = PoisonTally::default();
         let mut result = Ok(());
-        let batch = split_by_task(batch);
-        for task_batch in &batch {
+        // One call per run of one task's records, in polled order (see `task_runs`).
+        for task_batch in task_runs(batch) {
             let task = task_batch[0].partition;
             let ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
             result = match self.state.as_mut() {
@@ -631,13 +631,9 @@ impl Engine {
                 let Some(produced) = self.produce_outputs().await? else {
                     return Ok(());
                 };
-                let records = batch.iter().map(Vec::len).sum::<usize>();
-                // One map update per run of one topic's records in a task (one partition
-                // number), not one per record.
-                for run in batch
-                    .iter()
-                    .flat_map(|t| t.chunk_by(|a, b| a.topic == b.topic))
-                {
+                let records = batch.len();
+                // One map update per run of one topic-partition's records, not one per record.
+                for run in batch.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
                     let next = run.iter().map(|r| r.offset + 1).max().unwrap_or_default();
                     self.advance(&run[0], next);
                 }
@@ -654,7 +650,7 @@ impl Engine {
                     let err = RuntimeError::RetriesExhausted {
                         attempts,
                         retries: self.config.processing_retries,
-                        position: batch[0][0].coordinates(),
+                        position: batch[0].coordinates(),
                         message,
                     };
                     return Err(self.stop(err).await);
@@ -1689,13 +1685,13 @@ impl Engine {
     }
 }
 
-/// Groups a polled batch by task (partition number), keeping each partition's order.
-fn split_by_task(batch: Vec<Record>) -> Vec<Vec<Record>> {
-    let mut tasks: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-    for r in batch {
-        tasks.entry(r.partition).or_default().push(r);
-    }
-    tasks.into_values().collect()
+/// A polled batch as runs of one task (partition number) each, in polled order: librdkafka
+/// hands over a fetched partition's records together, so runs are long, and each partition's
+/// records keep their order. (Regrouping the batch by task instead moved every record into a
+/// fresh vector per task and batch — at 100-byte records, more of weir's time than the
+/// operator's.)
+fn task_runs(batch: &[Record]) -> impl Iterator<Item = &[Record]> {
+    batch.chunk_by(|a, b| a.partition == b.partition)
 }
 
 fn kafka(during: &str, source: KafkaError) -> RuntimeError {

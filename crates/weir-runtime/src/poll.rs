@@ -32,7 +32,16 @@ pub(crate) struct Polled {
     pub(crate) error: Option<KafkaError>,
 }
 
-pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duration) -> Polled {
+/// Polls one batch into `records` (an emptied buffer of an earlier batch, so that its capacity
+/// is reused: growing a fresh `Vec` to thousands of records each batch moved every record
+/// several times and faulted in new pages).
+pub(crate) fn poll_batch(
+    consumer: &Arc<WeirConsumer>,
+    max: usize,
+    wait: Duration,
+    mut records: Vec<Record>,
+) -> Polled {
+    records.clear();
     let handler = consumer.context();
     // One keep-alive per batch, not a clone of the consumer's own `Arc` per record: the poll
     // thread takes references to this one while the main thread drops the previous batch's.
@@ -40,8 +49,11 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
         _consumer: Arc::clone(consumer),
     });
     handler.revoked.lock().expect("poisoned").clear();
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let mut polled = Polled::default();
+    let mut topics = Topics::default();
+    let mut polled = Polled {
+        records,
+        error: None,
+    };
     let mut timeout = wait;
     while polled.records.len() < max {
         let before = handler.revocations.load(Ordering::SeqCst);
@@ -81,6 +93,34 @@ pub(crate) fn poll_batch(consumer: &Arc<WeirConsumer>, max: usize, wait: Duratio
         }
     }
     polled
+}
+
+/// The batch's topic names, one `Arc<str>` per topic. Records come in runs of one partition,
+/// so the last topic is checked first (a string comparison) before the map (a hash).
+#[derive(Default)]
+struct Topics {
+    last: Option<Arc<str>>,
+    all: HashMap<String, Arc<str>>,
+}
+
+impl Topics {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(last) = &self.last {
+            if **last == *name {
+                return Arc::clone(last);
+            }
+        }
+        let t = match self.all.get(name) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = Arc::from(name);
+                self.all.insert(name.to_string(), Arc::clone(&t));
+                t
+            }
+        };
+        self.last = Some(Arc::clone(&t));
+        t
+    }
 }
 
 /// Keeps the consumer alive while values of one batch live (see [`Fetched`]).
@@ -125,19 +165,8 @@ impl Fetched {
     }
 }
 
-fn to_record(
-    m: BorrowedMessage<'_>,
-    topics: &mut HashMap<String, Arc<str>>,
-    alive: &Arc<KeepAlive>,
-) -> Record {
-    let topic = match topics.get(m.topic()) {
-        Some(t) => Arc::clone(t),
-        None => {
-            let t: Arc<str> = Arc::from(m.topic());
-            topics.insert(m.topic().to_string(), Arc::clone(&t));
-            t
-        }
-    };
+fn to_record(m: BorrowedMessage<'_>, topics: &mut Topics, alive: &Arc<KeepAlive>) -> Record {
+    let topic = topics.get(m.topic());
     let headers = m
         .headers()
         .map(|hs| {
