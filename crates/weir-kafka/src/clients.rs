@@ -71,14 +71,16 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
 /// Under exactly_once, outputs become visible only when their transaction commits, and every
 /// commit flushes the producer (batches go out at once, whatever `linger.ms` says). So weir lets
 /// batches fill for up to [`EOS_LINGER_MS`] instead of 5 ms — no latency a reader can see — and
-/// keeps at most [`EOS_WINDOW_KBYTES`] unacknowledged in the producer. Together they stop
-/// librdkafka's producer thread from spinning: whenever a batch is ready but the connection has
-/// its 5 requests in flight (idempotence allows no more) and one more queued, that thread calls
-/// `poll` with a zero timeout until the broker answers — measured, 321,000 such calls per
-/// 200,000 records of 1 KB, a third of the pipeline's CPU, taken from the broker it waits for on
-/// a small machine (docs/benchmarks.md). With the window smaller than the requests a connection
-/// holds, no ready batch waits behind a full connection, and the producer thread sleeps until
-/// the broker answers; the application waits for room in the window instead.
+/// keeps at most [`EOS_WINDOW_KBYTES`] unacknowledged in the producer. Together they keep
+/// librdkafka's producer thread from spinning. With idempotence librdkafka 2.12 keeps one
+/// produce request per partition in flight (its limit of 5 is checked against the partition's
+/// in-flight *messages*), and whenever a partition has a ready batch (full, or past `linger.ms`)
+/// behind that request, the thread calls `poll` with a zero timeout until the broker answers —
+/// measured, 321,000 such calls per 200,000 records of 1 KB, a third of the pipeline's CPU,
+/// taken from the broker it waits for on a small machine (docs/benchmarks.md). With a window of
+/// a few batches and a long linger, few batches are ready while a request is in flight, and the
+/// producer thread sleeps until the broker answers; the application waits for room in the
+/// window instead.
 pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("queue.buffering.max.messages", "500000")
@@ -119,8 +121,8 @@ pub fn producer_config(config: &Config, transactional_id: &str) -> ClientConfig 
 pub const EOS_LINGER_MS: u64 = 100;
 
 /// `queue.buffering.max.kbytes` of the exactly_once producer: four full batches (librdkafka's
-/// `batch.size` is 1,000,000 bytes), fewer than the five requests in flight plus one queued
-/// that make its producer thread spin (see [`producer_config`]).
+/// `batch.size` is 1,000,000 bytes), so that few full batches wait behind the partitions'
+/// requests in flight and make its producer thread spin (see [`producer_config`]).
 pub const EOS_WINDOW_KBYTES: u64 = 4096;
 
 /// librdkafka's `rd_kafka_flush` on a producer's client, for up to `timeout`: lingering batches
