@@ -1808,3 +1808,54 @@ pub(crate) fn resolve_starts(
     }
     Ok((starts, marks))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &Arc<str>, partition: i32, offset: i64) -> Record {
+        Record {
+            topic: Arc::clone(topic),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_to_process_as_runs_of_one_task_in_polled_order() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        // Partition 0 of two topics (one task), then partition 1, then partition 0 again.
+        let batch = vec![
+            record(&a, 0, 10),
+            record(&b, 0, 7),
+            record(&a, 0, 11),
+            record(&a, 1, 3),
+            record(&a, 1, 4),
+            record(&a, 0, 12),
+        ];
+        let runs: Vec<Vec<(String, i32, i64)>> = task_runs(&batch)
+            .map(|run| {
+                run.iter()
+                    .map(|r| (r.topic.to_string(), r.partition, r.offset))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            vec![
+                vec![
+                    ("a".to_string(), 0, 10),
+                    ("b".to_string(), 0, 7),
+                    ("a".to_string(), 0, 11)
+                ],
+                vec![("a".to_string(), 1, 3), ("a".to_string(), 1, 4)],
+                vec![("a".to_string(), 0, 12)],
+            ]
+        );
+        assert!(task_runs(&[]).next().is_none());
+    }
+}

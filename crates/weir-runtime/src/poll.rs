@@ -196,3 +196,20 @@ fn to_record(m: BorrowedMessage<'_>, topics: &mut Topics, alive: &Arc<KeepAlive>
         headers,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_topic_name_is_interned_once() {
+        let mut topics = Topics::default();
+        let a1 = topics.get("a");
+        let a2 = topics.get("a");
+        let b = topics.get("b");
+        let a3 = topics.get("a");
+        assert!(Arc::ptr_eq(&a1, &a2) && Arc::ptr_eq(&a1, &a3));
+        assert_eq!((&*a1, &*b), ("a", "b"));
+        assert_eq!(topics.all.len(), 2);
+    }
+}
