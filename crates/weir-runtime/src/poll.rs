@@ -12,7 +12,7 @@
 //! poll returned) is dropped, and the batch ends; the main loop makes a rewind asked for after
 //! the last poll itself, dropping the whole batch (see the engine's "Rewinds").
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +39,12 @@ pub(crate) fn poll_batch(
     consumer: &Arc<WeirConsumer>,
     max: usize,
     wait: Duration,
-    mut records: Vec<Record>,
+    records: Vec<Record>,
 ) -> Polled {
-    records.clear();
+    debug_assert!(
+        records.is_empty(),
+        "the caller hands over an emptied buffer"
+    );
     let handler = consumer.context();
     // One keep-alive per batch, not a clone of the consumer's own `Arc` per record: the poll
     // thread takes references to this one while the main thread drops the previous batch's.
@@ -100,7 +103,7 @@ pub(crate) fn poll_batch(
 #[derive(Default)]
 struct Topics {
     last: Option<Arc<str>>,
-    all: HashMap<String, Arc<str>>,
+    all: HashSet<Arc<str>>,
 }
 
 impl Topics {
@@ -114,7 +117,7 @@ impl Topics {
             Some(t) => Arc::clone(t),
             None => {
                 let t: Arc<str> = Arc::from(name);
-                self.all.insert(name.to_string(), Arc::clone(&t));
+                self.all.insert(Arc::clone(&t));
                 t
             }
         };
