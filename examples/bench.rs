@@ -136,6 +136,10 @@ enum Worker {
         /// Producer properties over the defaults (`k=v`, repeatable).
         #[arg(long = "set")]
         set: Vec<String>,
+        /// Copy key, value and timestamp only, dropping the headers (the ceiling before
+        /// 2026-11-28; `ceiling-x` with `WEIR_BENCH_CEILING_X_DROP_HEADERS=1`).
+        #[arg(long)]
+        drop_headers: bool,
     },
 }
 
@@ -231,9 +235,18 @@ fn main() -> anyhow::Result<()> {
         output,
         commit_interval_ms,
         set,
+        drop_headers,
     }) = &args.worker
     {
-        return raw_copy(bootstrap, group, input, output, *commit_interval_ms, set);
+        return raw_copy(
+            bootstrap,
+            group,
+            input,
+            output,
+            *commit_interval_ms,
+            set,
+            *drop_headers,
+        );
     }
     common::init_tracing_with("warn,rdkafka=error");
     let started_unix = now_ms() / 1000;
@@ -545,6 +558,11 @@ impl Launcher<'_> {
                 c.args(["raw-copy", bootstrap, app, input, output, &interval]);
                 if self.contender == Contender::CeilingX {
                     set_from_env(&mut c, "WEIR_BENCH_CEILING_X_SET");
+                    if std::env::var_os("WEIR_BENCH_CEILING_X_DROP_HEADERS")
+                        .is_some_and(|v| !v.is_empty() && v != "0")
+                    {
+                        c.arg("--drop-headers");
+                    }
                 }
                 c
             }
@@ -1063,6 +1081,7 @@ fn raw_copy(
     output: &str,
     interval_ms: u64,
     set: &[String],
+    drop_headers: bool,
 ) -> anyhow::Result<()> {
     use rdkafka::consumer::CommitMode;
     let consumer: BaseConsumer = base_config(bootstrap)
@@ -1118,6 +1137,14 @@ fn raw_copy(
             }
             if let Some(ts) = m.timestamp().to_millis() {
                 r = r.timestamp(ts);
+            }
+            // A copy carries the headers too, as weir's `mirror` (`Record::forward`) and Kafka
+            // Streams do; for a record without headers this is librdkafka's parse that finds
+            // none, which every contender pays.
+            if !drop_headers {
+                if let Some(h) = m.headers() {
+                    r = r.headers(h.detach());
+                }
             }
             let mut r = r;
             loop {

@@ -333,7 +333,8 @@ async fn main_loop(
         tokio::task::spawn_blocking(move || poll::poll_batch(&c, max, wait, buffer))
     };
     // Two batch buffers take turns: one is filled by the poll in flight while the other's
-    // records are processed; emptied, it goes to the poll after next.
+    // records are processed; processed, it goes to the poll after next, which drops its records
+    // before it polls into it (see `poll::poll_batch`).
     let mut spare: Vec<Record> = Vec::new();
     let mut in_flight = Some(start_poll(Vec::new()));
     let result = loop {
@@ -352,7 +353,6 @@ async fn main_loop(
         // The next batch is polled while this one is processed and committed.
         in_flight = Some(start_poll(std::mem::take(&mut spare)));
         let stepped = step(&mut engine, &mut polled).await;
-        polled.records.clear();
         spare = polled.records;
         if let Err(e) = stepped {
             if !engine.producer_failed() {

@@ -32,19 +32,19 @@ pub(crate) struct Polled {
     pub(crate) error: Option<KafkaError>,
 }
 
-/// Polls one batch into `records` (an emptied buffer of an earlier batch, so that its capacity
-/// is reused: growing a fresh `Vec` to thousands of records each batch moved every record
-/// several times and faulted in new pages).
+/// Polls one batch into `records`, the buffer of a batch processed earlier: its capacity is
+/// reused (growing a fresh `Vec` to thousands of records each batch moved every record several
+/// times and faulted in new pages), and its records are dropped here first, on the thread that
+/// allocated them, rather than on the main loop, which is then free for the next batch sooner
+/// (measured at 100 B: 0.79 of the ceiling against 0.69 in the same rounds, with the same CPU
+/// in the two threads together; docs/benchmarks.md).
 pub(crate) fn poll_batch(
     consumer: &Arc<WeirConsumer>,
     max: usize,
     wait: Duration,
-    records: Vec<Record>,
+    mut records: Vec<Record>,
 ) -> Polled {
-    debug_assert!(
-        records.is_empty(),
-        "the caller hands over an emptied buffer"
-    );
+    records.clear();
     let handler = consumer.context();
     // One keep-alive per batch, not a clone of the consumer's own `Arc` per record: the poll
     // thread takes references to this one while the main thread drops the previous batch's.
