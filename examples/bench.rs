@@ -127,20 +127,23 @@ struct Args {
 enum Worker {
     /// (internal) The ceiling: a raw rdkafka copy, until SIGTERM.
     #[command(hide = true)]
-    RawCopy {
-        bootstrap: String,
-        group: String,
-        input: String,
-        output: String,
-        commit_interval_ms: u64,
-        /// Producer properties over the defaults (`k=v`, repeatable).
-        #[arg(long = "set")]
-        set: Vec<String>,
-        /// Copy key, value and timestamp only, dropping the headers (the ceiling before
-        /// 2026-11-28; `ceiling-x` with `WEIR_BENCH_CEILING_X_DROP_HEADERS=1`).
-        #[arg(long)]
-        drop_headers: bool,
-    },
+    RawCopy(RawCopy),
+}
+
+#[derive(clap::Args, Debug)]
+struct RawCopy {
+    bootstrap: String,
+    group: String,
+    input: String,
+    output: String,
+    commit_interval_ms: u64,
+    /// Producer properties over the defaults (`k=v`, repeatable).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Copy key, value and timestamp only, dropping the headers (the ceiling before
+    /// 2026-11-28; `ceiling-x` with `WEIR_BENCH_CEILING_X_DROP_HEADERS=1`).
+    #[arg(long)]
+    drop_headers: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -228,25 +231,8 @@ struct Results<'a> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Worker::RawCopy {
-        bootstrap,
-        group,
-        input,
-        output,
-        commit_interval_ms,
-        set,
-        drop_headers,
-    }) = &args.worker
-    {
-        return raw_copy(
-            bootstrap,
-            group,
-            input,
-            output,
-            *commit_interval_ms,
-            set,
-            *drop_headers,
-        );
+    if let Some(Worker::RawCopy(copy)) = &args.worker {
+        return raw_copy(copy);
     }
     common::init_tracing_with("warn,rdkafka=error");
     let started_unix = now_ms() / 1000;
@@ -1074,16 +1060,17 @@ fn print_table(rows: &[Row], ratios: &BTreeMap<String, Ratio>) {
 
 /// The ceiling: consume, produce (acks=all, idempotent), commit offsets asynchronously every
 /// interval — the same work as mirror without transactions. Runs until SIGTERM.
-fn raw_copy(
-    bootstrap: &str,
-    group: &str,
-    input: &str,
-    output: &str,
-    interval_ms: u64,
-    set: &[String],
-    drop_headers: bool,
-) -> anyhow::Result<()> {
+fn raw_copy(copy: &RawCopy) -> anyhow::Result<()> {
     use rdkafka::consumer::CommitMode;
+    let RawCopy {
+        bootstrap,
+        group,
+        input,
+        output,
+        commit_interval_ms: interval_ms,
+        set,
+        drop_headers,
+    } = copy;
     let consumer: BaseConsumer = base_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -1141,12 +1128,11 @@ fn raw_copy(
             // A copy carries the headers too, as weir's `mirror` (`Record::forward`) and Kafka
             // Streams do; for a record without headers this is librdkafka's parse that finds
             // none, which every contender pays.
-            if !drop_headers {
+            if !*drop_headers {
                 if let Some(h) = m.headers() {
                     r = r.headers(h.detach());
                 }
             }
-            let mut r = r;
             loop {
                 match producer.send(r) {
                     Ok(()) => break,
@@ -1160,7 +1146,7 @@ fn raw_copy(
             }
             consumer.store_offset_from_message(&m)?;
         }
-        if last_commit.elapsed() >= Duration::from_millis(interval_ms) {
+        if last_commit.elapsed() >= Duration::from_millis(*interval_ms) {
             // Offsets of records handed to the producer (a crash may lose in-flight outputs:
             // the ceiling gives no guarantee beyond at-most/at-least-once).
             let _ = consumer.commit_consumer_state(CommitMode::Async);
