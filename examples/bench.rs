@@ -207,6 +207,110 @@ struct Run {
     latency_p99_ms: Option<f64>,
     exactly_once: bool,
     problem: Option<String>,
+    /// What the whole machine did over the throughput run, to tell a contender's cost from
+    /// the machine's own noise.
+    host: Option<HostUsage>,
+}
+
+/// The machine over one throughput run, from /proc: every process's CPU (the contender, the
+/// broker, the reader, the kernel's writeback), the disk written, and the broker's CPU by
+/// thread group.
+#[derive(Clone, Debug, Default, Serialize)]
+struct HostUsage {
+    /// CPU seconds busy on all cores (user, system, irq, softirq).
+    busy_seconds: f64,
+    /// CPU seconds the hypervisor took (steal).
+    steal_seconds: f64,
+    /// CPU seconds idle waiting for the disk.
+    iowait_seconds: f64,
+    /// MiB written to block devices (`pgpgout`): page-cache writeback of the broker's logs,
+    /// this run's or an earlier one's.
+    disk_written_mib: f64,
+    /// The broker's CPU seconds by thread group (thread name without its number), largest
+    /// first.
+    broker_threads: Vec<(String, f64)>,
+}
+
+/// Cumulative counters of the machine and the broker's threads at one instant.
+struct HostSnapshot {
+    busy: f64,
+    steal: f64,
+    iowait: f64,
+    pgpgout_kib: f64,
+    threads: BTreeMap<String, f64>,
+}
+
+impl HostSnapshot {
+    fn take(broker_pids: &[u32]) -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse::<f64>().unwrap_or(0.0) / 100.0)
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let field = |i: usize| cpu.get(i).copied().unwrap_or(0.0);
+        let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+        let pgpgout_kib = vmstat
+            .lines()
+            .find_map(|l| l.strip_prefix("pgpgout "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        let mut threads = BTreeMap::new();
+        for pid in broker_pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let dir = task.path();
+                let (Ok(comm), (cpu, _)) = (
+                    std::fs::read_to_string(dir.join("comm")),
+                    proc_usage_at(&dir),
+                ) else {
+                    continue;
+                };
+                if !cpu.is_finite() {
+                    continue;
+                }
+                let group = comm
+                    .trim()
+                    .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '#')
+                    .to_string();
+                *threads.entry(group).or_insert(0.0) += cpu;
+            }
+        }
+        Some(HostSnapshot {
+            busy: field(0) + field(1) + field(2) + field(5) + field(6),
+            steal: field(7),
+            iowait: field(4),
+            pgpgout_kib,
+            threads,
+        })
+    }
+
+    fn since(&self, before: &HostSnapshot) -> HostUsage {
+        let mut broker_threads: Vec<(String, f64)> = self
+            .threads
+            .iter()
+            .map(|(g, cpu)| {
+                (
+                    g.clone(),
+                    cpu - before.threads.get(g).copied().unwrap_or(0.0),
+                )
+            })
+            .filter(|(_, cpu)| *cpu >= 0.05)
+            .collect();
+        broker_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        HostUsage {
+            busy_seconds: self.busy - before.busy,
+            steal_seconds: self.steal - before.steal,
+            iowait_seconds: self.iowait - before.iowait,
+            disk_written_mib: (self.pgpgout_kib - before.pgpgout_kib) / 1024.0,
+            broker_threads,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -352,6 +456,22 @@ fn main() -> anyhow::Result<()> {
                     fmt_opt(run.latency_p99_ms),
                     if run.exactly_once { "verified exactly-once".to_string() } else { format!("INVALID: {}", run.problem.clone().unwrap_or_default()) }
                 );
+                if let Some(h) = &run.host {
+                    let threads: Vec<String> = h
+                        .broker_threads
+                        .iter()
+                        .take(4)
+                        .map(|(g, cpu)| format!("{g} {cpu:.1}"))
+                        .collect();
+                    println!(
+                        "    host: busy {:.1} s, steal {:.1} s, iowait {:.1} s, disk written {:.0} MiB; broker threads: {}",
+                        h.busy_seconds,
+                        h.steal_seconds,
+                        h.iowait_seconds,
+                        h.disk_written_mib,
+                        threads.join(", ")
+                    );
+                }
                 if warming {
                     warmup[j].push(run);
                 } else {
@@ -661,6 +781,7 @@ impl Launcher<'_> {
             Some(n),
         );
         let broker_before = self.broker_cpu();
+        let host_before = HostSnapshot::take(self.broker_pids);
         let mut child = ChildProcess::spawn(
             self.contender.name(),
             self.command(&app, &ds.topic, &output, &state),
@@ -669,12 +790,16 @@ impl Launcher<'_> {
         let seen = reader.wait(Duration::from_secs(900), || child.is_running());
         let (cpu, rss) = proc_usage(pid);
         let broker_cpu = broker_before.zip(self.broker_cpu()).map(|(a, b)| b - a);
+        let host = host_before
+            .zip(HostSnapshot::take(self.broker_pids))
+            .map(|(a, b)| b.since(&a));
         let status = child.terminate(Duration::from_secs(60));
         let _ = std::fs::remove_dir_all(&state);
         let mut run = Run {
             cpu_seconds: cpu,
             broker_cpu_seconds: broker_cpu,
             peak_rss_mib: rss,
+            host,
             ..Run::default()
         };
         let Some(seen) = seen else {
@@ -897,8 +1022,13 @@ impl Reader {
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a live process, from /proc.
 fn proc_usage(pid: u32) -> (f64, f64) {
+    proc_usage_at(Path::new(&format!("/proc/{pid}")))
+}
+
+/// [`proc_usage`] of a process or thread directory (`/proc/<pid>`, `/proc/<pid>/task/<tid>`).
+fn proc_usage_at(dir: &Path) -> (f64, f64) {
     let ticks = 100.0; // USER_HZ on Linux
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let cpu = std::fs::read_to_string(dir.join("stat"))
         .ok()
         .and_then(|s| {
             // Fields after the command name (which may hold spaces) start after ") ".
@@ -909,7 +1039,7 @@ fn proc_usage(pid: u32) -> (f64, f64) {
             Some((utime + stime) / ticks)
         })
         .unwrap_or(f64::NAN);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    let rss = std::fs::read_to_string(dir.join("status"))
         .ok()
         .and_then(|s| {
             let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -950,6 +1080,7 @@ fn median(runs: &[Run]) -> Run {
                 runs.len()
             )
         }),
+        host: None,
     }
 }
 
