@@ -33,7 +33,8 @@
 //! Runs repeat `--runs` times (3), round-robin per dataset (run 1 of every contender, then run
 //! 2, ..., every other round in reverse order), so a drift of the machine over the session does
 //! not favour whoever runs first, after `--warmup` (2) unmeasured rounds (throughput only, still verified) that take the
-//! broker and the machine past their slow first minutes; the table shows medians and the ratios
+//! broker and the machine past their slow first minutes — more on the first dataset if that
+//! makes fewer than `--warmup-runs` (12) runs; the table shows medians and the ratios
 //! to the ceiling and to Kafka Streams from this same invocation, of the medians and round by
 //! round; `--json FILE` (default
 //! `target/bench/bench-<unix time>.json`) gets every run.
@@ -92,6 +93,13 @@ struct Args {
     /// first touch of memory — and the first rounds would weigh on whoever drew them.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// ... and at least this many unmeasured runs in the invocation before its first measured
+    /// one (more warm-up rounds on the first dataset when it has few contenders): the broker's
+    /// JIT takes about ten 1 GB runs to settle (its CPU per 1M × 1 KB run fell from 7.7 s to
+    /// 2.5 s over the first ten on 2026-11-28), so a three-contender invocation with two rounds
+    /// measured a broker still compiling.
+    #[arg(long, default_value_t = 12)]
+    warmup_runs: usize,
     /// The commit interval of every contender, ms.
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
@@ -183,6 +191,17 @@ impl Contender {
     fn totals(self) -> bool {
         matches!(self, Contender::WeirTotals | Contender::KstreamsTotals)
     }
+
+    fn weir(self) -> bool {
+        matches!(
+            self,
+            Contender::WeirEos
+                | Contender::WeirEosInline
+                | Contender::WeirEosX
+                | Contender::WeirAlo
+                | Contender::WeirTotals
+        )
+    }
 }
 
 /// A preloaded input topic and its records (for verification).
@@ -210,6 +229,44 @@ struct Run {
     /// What the whole machine did over the throughput run, to tell a contender's cost from
     /// the machine's own noise.
     host: Option<HostUsage>,
+    /// weir only: where its processing loop waited, seconds, from its `weir_wait_seconds`
+    /// metric scraped as the reader saw the last output (start-up included).
+    weir_waited: Option<WeirWaits>,
+}
+
+/// `weir_wait_seconds_sum` by `on`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct WeirWaits {
+    input: f64,
+    output: f64,
+    commit: f64,
+}
+
+impl WeirWaits {
+    /// Scrapes a weir process's Prometheus endpoint (`None` if it does not answer).
+    fn scrape(address: &str) -> Option<Self> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(address).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let sum = |on: &str| {
+            let prefix = format!("weir_wait_seconds_sum{{on=\"{on}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        text.contains("weir_wait_seconds_sum").then(|| WeirWaits {
+            input: sum("input"),
+            output: sum("output"),
+            commit: sum("commit"),
+        })
+    }
 }
 
 /// The machine over one throughput run, from /proc: every process's CPU (the contender, the
@@ -372,6 +429,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut rows = Vec::new();
+    let mut warmed = 0;
     for ds in &datasets {
         let contenders: &[Contender] = if ds.name == "totals" {
             &[Contender::WeirTotals, Contender::KstreamsTotals]
@@ -409,12 +467,18 @@ fn main() -> anyhow::Result<()> {
         // weigh on whoever is first in every round.
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plan.len()];
         let mut warmup: Vec<Vec<Run>> = vec![Vec::new(); plan.len()];
-        for i in 0..args.warmup + args.runs {
-            let warming = i < args.warmup;
+        let rounds = args.warmup.max(
+            args.warmup_runs
+                .saturating_sub(warmed)
+                .div_ceil(plan.len().max(1)),
+        );
+        warmed += rounds * plan.len();
+        for i in 0..rounds + args.runs {
+            let warming = i < rounds;
             let label = if warming {
                 format!("warm-up {}", i + 1)
             } else {
-                format!("run {}", i - args.warmup + 1)
+                format!("run {}", i - rounds + 1)
             };
             let order: Vec<usize> = if i % 2 == 0 {
                 (0..plan.len()).collect()
@@ -456,6 +520,12 @@ fn main() -> anyhow::Result<()> {
                     fmt_opt(run.latency_p99_ms),
                     if run.exactly_once { "verified exactly-once".to_string() } else { format!("INVALID: {}", run.problem.clone().unwrap_or_default()) }
                 );
+                if let Some(w) = &run.weir_waited {
+                    println!(
+                        "    weir waited: input {:.2} s, output (producer queue full) {:.2} s, commit {:.2} s",
+                        w.input, w.output, w.commit
+                    );
+                }
                 if let Some(h) = &run.host {
                     let threads: Vec<String> = h
                         .broker_threads
@@ -650,7 +720,15 @@ struct Launcher<'a> {
 }
 
 impl Launcher<'_> {
-    fn command(&self, app: &str, input: &str, output: &str, state: &Path) -> Command {
+    /// The contender's command; weir's serve their metrics at `metrics` if given.
+    fn command(
+        &self,
+        app: &str,
+        input: &str,
+        output: &str,
+        state: &Path,
+        metrics: Option<&str>,
+    ) -> Command {
         let bootstrap = self.kafka.bootstrap_servers();
         let sibling = |name: &str| {
             std::env::current_exe()
@@ -707,6 +785,9 @@ impl Launcher<'_> {
                 }
                 if self.contender == Contender::WeirEosX {
                     set_from_env(&mut c, "WEIR_BENCH_X_SET");
+                }
+                if let Some(address) = metrics {
+                    c.args(["--set", &format!("metrics.address={address}")]);
                 }
                 // WEIR_BENCH_SET="k=v k=v": extra weir keys, for experiments.
                 set_from_env(&mut c, "WEIR_BENCH_SET");
@@ -774,6 +855,8 @@ impl Launcher<'_> {
         });
         let state = std::env::temp_dir().join(unique("weir-bench-state"));
         let n = ds.input.len();
+        // weir serves its metrics, to tell where its loop waited.
+        let metrics = self.contender.weir().then(free_address);
         let reader = Reader::start(
             self.kafka.bootstrap_servers(),
             &output,
@@ -784,10 +867,11 @@ impl Launcher<'_> {
         let host_before = HostSnapshot::take(self.broker_pids);
         let mut child = ChildProcess::spawn(
             self.contender.name(),
-            self.command(&app, &ds.topic, &output, &state),
+            self.command(&app, &ds.topic, &output, &state, metrics.as_deref()),
         );
         let pid = child.id();
         let seen = reader.wait(Duration::from_secs(900), || child.is_running());
+        let weir_waited = metrics.as_deref().and_then(WeirWaits::scrape);
         let (cpu, rss) = proc_usage(pid);
         let broker_cpu = broker_before.zip(self.broker_cpu()).map(|(a, b)| b - a);
         let host = host_before
@@ -800,6 +884,7 @@ impl Launcher<'_> {
             broker_cpu_seconds: broker_cpu,
             peak_rss_mib: rss,
             host,
+            weir_waited,
             ..Run::default()
         };
         let Some(seen) = seen else {
@@ -879,7 +964,7 @@ impl Launcher<'_> {
         );
         let mut child = ChildProcess::spawn(
             self.contender.name(),
-            self.command(&app, &input, &output, &state),
+            self.command(&app, &input, &output, &state, None),
         );
         for i in 0..warmup {
             send(i)?;
@@ -1050,6 +1135,15 @@ fn proc_usage_at(dir: &Path) -> (f64, f64) {
     (cpu, rss)
 }
 
+/// A local address nobody listens on.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free local port");
+    format!(
+        "127.0.0.1:{}",
+        listener.local_addr().expect("its address").port()
+    )
+}
+
 fn median(runs: &[Run]) -> Run {
     let valid: Vec<&Run> = runs.iter().filter(|r| r.exactly_once).collect();
     let med = |f: &dyn Fn(&Run) -> Option<f64>| -> Option<f64> {
@@ -1081,6 +1175,7 @@ fn median(runs: &[Run]) -> Run {
             )
         }),
         host: None,
+        weir_waited: None,
     }
 }
 

@@ -457,6 +457,18 @@ fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
         sample(&first, "weir_rebalances_total", "kind=\"assign\"").unwrap() >= 1.0,
         "{first}"
     );
+    // Where the loop waited: for input (at least for the first batch) and on commits.
+    for on in ["input", "commit"] {
+        assert!(
+            sample(&first, "weir_wait_seconds_count", &format!("on=\"{on}\"")).unwrap_or(0.0)
+                >= 1.0,
+            "no {on} waits: {first}"
+        );
+    }
+    assert!(
+        first.contains("weir_wait_seconds_bucket{on=\"input\",le=\"0.001\"}"),
+        "a real histogram: {first}"
+    );
     // Lag per partition arrives with librdkafka's statistics (every 5 s).
     wait_for("consumer lag samples", Duration::from_secs(20), || {
         let text = scrape(&address);

@@ -33,6 +33,7 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
     kafka.create_topic(&output, 3);
     kafka.produce(&input, numbered(3, 1000));
 
+    let started = std::time::Instant::now();
     let running = InProcess::start(
         config(kafka, &app, &input, &output).build().unwrap(),
         Mirror,
@@ -41,6 +42,7 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
         committed_count(kafka, &output) >= 3000
     });
     let summary = running.stop().expect("clean stop");
+    let lived = started.elapsed();
 
     let report = verify_copy(
         &kafka.read_to_end(&input, Isolation::ReadCommitted),
@@ -55,6 +57,48 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
         vec![Some(1000); 3]
     );
     assert!(kafka.open_transactions(&output).is_empty());
+    // The loop waited for input (at least while the group formed and after the last record)
+    // and for commits; the waits are parts of the run, not more than it.
+    let waited = summary.waited;
+    assert!(waited.input > Duration::ZERO, "{waited:?}");
+    assert!(waited.commit > Duration::ZERO, "{waited:?}");
+    assert!(waited.total() < lived, "{waited:?} in a run of {lived:?}");
+}
+
+/// A producer queue too small for a batch: the loop waits for room (back-pressure), shows it in
+/// the summary, and still copies every record exactly once.
+#[test]
+fn a_full_producer_queue_is_waited_out_and_counted_as_output_waits() {
+    let kafka = shared();
+    let (input, output, app) = (unique("in"), unique("out"), unique("app"));
+    kafka.create_topic(&input, 2);
+    kafka.create_topic(&output, 2);
+    kafka.produce(&input, numbered(2, 1000));
+
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output)
+            .set("producer.queue.buffering.max.messages", "10")
+            .set("producer.linger.ms", "5")
+            .build()
+            .unwrap(),
+        Mirror,
+    );
+    wait_for("2000 committed outputs", Duration::from_secs(60), || {
+        committed_count(kafka, &output) >= 2000
+    });
+    let summary = running.stop().expect("clean stop");
+
+    let report = verify_copy(
+        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_to_end(&output, Isolation::ReadCommitted),
+    );
+    assert!(report.is_exactly_once(), "{report}");
+    assert_eq!(summary.records_out, 2000);
+    assert!(
+        summary.waited.output > Duration::ZERO,
+        "a 10-record queue never full for 2000 outputs: {:?}",
+        summary.waited
+    );
 }
 
 /// Mirrors, and keeps every record it sees (key and value shared with the input, not copied).

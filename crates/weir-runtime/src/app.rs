@@ -25,7 +25,7 @@ use weir_core::{AppInfo, Config, Guarantee, Processor, Record, RestoreProgress};
 use weir_kafka::admin::Admin;
 use weir_kafka::clients::consumer_config;
 
-use crate::engine::{blocking, new_producer, DeliveryState, Engine, WeirConsumer};
+use crate::engine::{blocking, new_producer, DeliveryState, Engine, Wait, WeirConsumer};
 use crate::rebalance::RebalanceHandler;
 use crate::{instance, poll, telemetry, RuntimeError};
 
@@ -47,6 +47,31 @@ pub struct RunSummary {
     pub skipped: u64,
     /// Poison records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Where the processing loop waited, in all (also exported as `weir_wait_seconds`).
+    pub waited: Waits,
+}
+
+/// Where the processing loop spent its time waiting rather than working: the first place to
+/// look when a pipeline is slower than expected. Input waits mean the pipeline keeps up with
+/// what it is given; output waits mean Kafka takes the outputs slower than the operator makes
+/// them (back-pressure: the producer's queue, `queue.buffering.max.kbytes`, is full); commit
+/// waits are time lost to the commit cycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// For the next batch of input: the poll running alongside processing had not finished.
+    pub input: Duration,
+    /// For room in the producer's queue to hand it more outputs.
+    pub output: Duration,
+    /// For commits: the previous transaction's background commit, the flush before an
+    /// overlapped commit, or an in-line commit (`commit.overlap=false`, at_least_once).
+    pub commit: Duration,
+}
+
+impl Waits {
+    /// Their sum.
+    pub fn total(&self) -> Duration {
+        self.input + self.output + self.commit
+    }
 }
 
 /// A weir application: a configuration, ready to run an operator.
@@ -341,8 +366,10 @@ async fn main_loop(
         let Some(poll) = in_flight.take() else {
             break Ok(());
         };
+        let waiting = std::time::Instant::now();
         let mut polled = poll.await.expect("polling panicked");
         let mut engine = engine.lock().await;
+        engine.waited(Wait::Input, waiting.elapsed());
         // No poll is in flight here: a rewind asked for after the batch's last poll is made
         // now, and the batch, all from before it, dropped.
         match engine.rewind_now().await {
@@ -390,7 +417,10 @@ async fn step(engine: &mut Engine, polled: &mut poll::Polled) -> Result<(), Runt
     engine.settle_if_finished().await?;
     engine.process(&polled.records).await?;
     if engine.commit_due() {
-        engine.commit("interval").await?;
+        let waiting = std::time::Instant::now();
+        let committed = engine.commit("interval").await;
+        engine.waited(Wait::Commit, waiting.elapsed());
+        committed?;
     }
     match engine.failure.take() {
         Some(e) => Err(e),

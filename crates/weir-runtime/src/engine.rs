@@ -330,6 +330,14 @@ struct Committing {
     began: Instant,
 }
 
+/// What the processing loop waited for (see [`crate::Waits`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    Input,
+    Output,
+    Commit,
+}
+
 /// See the module documentation.
 pub(crate) struct Engine {
     pub(crate) config: Arc<Config>,
@@ -672,6 +680,17 @@ impl Engine {
         }
     }
 
+    /// Counts time the processing loop spent waiting (run summary and `weir_wait_seconds`).
+    pub(crate) fn waited(&mut self, on: Wait, took: Duration) {
+        let total = match on {
+            Wait::Input => &mut self.totals.waited.input,
+            Wait::Output => &mut self.totals.waited.output,
+            Wait::Commit => &mut self.totals.waited.commit,
+        };
+        *total += took;
+        telemetry::waited(on, took);
+    }
+
     /// Moves the position of `record`'s partition to `next`, unless it is already past it.
     fn advance(&mut self, record: &Record, next: i64) {
         let tp = TopicPartition::new(&*record.topic, record.partition);
@@ -686,6 +705,7 @@ impl Engine {
         let mut produced = 0;
         let mut result = Ok(());
         let mut aborted: Option<String> = None;
+        let mut queue_full = Duration::ZERO;
         for out in outputs.drain(..) {
             let Some(topic) = out.topic.as_deref().or(self.config.output_topic.as_deref()) else {
                 result = Err(RuntimeError::NoOutputTopic);
@@ -721,7 +741,9 @@ impl Engine {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
+                        let waiting = Instant::now();
                         tokio::time::sleep(Duration::from_millis(2)).await;
+                        queue_full += waiting.elapsed();
                     }
                     Err((source, _))
                         if self.exactly_once()
@@ -755,6 +777,9 @@ impl Engine {
         }
         outputs.clear();
         self.outputs = outputs;
+        if !queue_full.is_zero() {
+            self.waited(Wait::Output, queue_full);
+        }
         if let Some(cause) = aborted {
             self.abort_and_rewind("produce", &cause).await?;
             return Ok(None);

@@ -15,5 +15,5 @@ mod rebalance;
 mod stateful;
 mod telemetry;
 
-pub use app::{App, RestoreObserver, RunSummary};
+pub use app::{App, RestoreObserver, RunSummary, Waits};
 pub use error::RuntimeError;

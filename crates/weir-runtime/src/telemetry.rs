@@ -32,6 +32,15 @@ pub(crate) fn serve(address: SocketAddr) -> Result<(), String> {
                     &[1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0],
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("weir_wait_seconds".into()),
+                    &[
+                        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                        1.0,
+                    ],
+                )
+            })
             .and_then(PrometheusBuilder::install)
             .map(|()| address)
             .map_err(|e| format!("cannot serve metrics at {address}: {e}"))
@@ -96,6 +105,11 @@ fn describe() {
         "Changelog records left to restore"
     );
     describe_counter!("weir_restored_records_total", "Changelog records restored");
+    describe_histogram!(
+        "weir_wait_seconds",
+        Unit::Seconds,
+        "Time the processing loop waited, by what for: input (the next batch), output (room in the producer's queue: back-pressure), commit"
+    );
     describe_counter!("weir_poison_skipped_total", "Poison records skipped");
     describe_counter!(
         "weir_dead_lettered_total",
@@ -150,6 +164,16 @@ pub(crate) fn batch(records_in: usize, records_out: usize) {
     counter!("weir_records_out_total").increment(records_out as u64);
     counter!("weir_batches_total").increment(1);
     histogram!("weir_batch_records").record(records_in as f64);
+}
+
+pub(crate) fn waited(on: crate::engine::Wait, took: Duration) {
+    use crate::engine::Wait;
+    let on = match on {
+        Wait::Input => "input",
+        Wait::Output => "output",
+        Wait::Commit => "commit",
+    };
+    histogram!("weir_wait_seconds", "on" => on).record(took.as_secs_f64());
 }
 
 pub(crate) fn committed(reason: &'static str, took: Duration, records_in: u64, records_out: u64) {
