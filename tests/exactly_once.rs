@@ -310,15 +310,38 @@ fn a_transaction_aborted_on_its_timeout_does_not_stop_the_instance() {
         .args(["--set", "transaction.timeout.ms=10000"])
         .env("RUST_LOG", "info,weir_runtime=debug,rdkafka=warn");
     let mut mirror = ChildProcess::spawn("mirror", cmd);
-    wait_for(
-        "an open transaction on the output",
-        Duration::from_secs(60),
-        || !kafka.open_transactions(&output).is_empty(),
+    // Freeze the instance with a transaction open. The transaction seen open may commit between
+    // the look and the SIGSTOP (CI saw that once: nothing timed out, nothing tested), so look
+    // again once the instance is frozen, when its transactions can no longer move except by the
+    // broker's timeout; if none is open, let it run and try again.
+    let mut frozen_open = Vec::new();
+    for _ in 0..10 {
+        wait_for(
+            "an open transaction on the output",
+            Duration::from_secs(60),
+            || !kafka.open_transactions(&output).is_empty(),
+        );
+        mirror.suspend();
+        // An EndTxn sent just before the SIGSTOP completes on the broker within a second or
+        // so; a transaction still open, unchanged, 1 s and 3 s into the freeze is stuck.
+        std::thread::sleep(Duration::from_secs(1));
+        let first = kafka.open_transactions(&output);
+        std::thread::sleep(Duration::from_secs(2));
+        frozen_open = kafka.open_transactions(&output);
+        if !frozen_open.is_empty() && frozen_open == first {
+            break;
+        }
+        frozen_open.clear();
+        mirror.resume();
+    }
+    assert!(
+        !frozen_open.is_empty(),
+        "10 tries to freeze the instance with a transaction open on the output all missed"
     );
-    mirror.suspend();
+    eprintln!("frozen with open transactions on the output (partition, LSO, end): {frozen_open:?}");
     // transaction.timeout.ms, plus the broker's check for timed-out transactions (every 5 s on
     // the test kit's brokers, 10 s by default), plus a margin.
-    std::thread::sleep(Duration::from_secs(24));
+    std::thread::sleep(Duration::from_secs(21));
     mirror.resume();
     let log_path = state.with_extension("run0.log");
     let deadline = Instant::now() + Duration::from_secs(120);
