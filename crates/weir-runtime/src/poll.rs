@@ -183,7 +183,7 @@ fn to_record(m: BorrowedMessage<'_>, topics: &mut Topics, alive: &Arc<KeepAlive>
         .unwrap_or_default();
     let (partition, offset, timestamp_ms) = (m.partition(), m.offset(), m.timestamp().to_millis());
     // Keys are short: a copy costs less than sharing (and pins nothing).
-    let key = m.key().map(Bytes::copy_from_slice);
+    let key = m.key().map(key_bytes);
     let value = match m.payload() {
         None => None,
         Some([]) => Some(Bytes::new()),
@@ -200,9 +200,54 @@ fn to_record(m: BorrowedMessage<'_>, topics: &mut Topics, alive: &Arc<KeepAlive>
     }
 }
 
+/// The longest key [`key_bytes`] keeps inline (a UUID in text is 36 bytes).
+const INLINE_KEY: usize = 39;
+
+/// A short key's bytes, held in the one allocation of its [`Bytes`].
+struct InlineKey {
+    len: u8,
+    bytes: [u8; INLINE_KEY],
+}
+
+impl AsRef<[u8]> for InlineKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A copy of a record's key. A short key lives inline in the allocation that also holds its
+/// reference count, so the operator's clone of it (`Record::forward`, `Output::new(record.key
+/// .clone(), …)`) counts a reference in the cache line it reads the key from anyway.
+/// `Bytes::copy_from_slice` would allocate once here and again on the first clone, on the main
+/// loop, to share the copy — and that second allocation was freed here, on the polling thread,
+/// when the batch's records were dropped.
+fn key_bytes(key: &[u8]) -> Bytes {
+    if key.len() > INLINE_KEY {
+        return Bytes::copy_from_slice(key);
+    }
+    let mut inline = InlineKey {
+        len: key.len() as u8,
+        bytes: [0; INLINE_KEY],
+    };
+    inline.bytes[..key.len()].copy_from_slice(key);
+    Bytes::from_owner(inline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_key_is_kept_inline_and_shared_by_its_clones() {
+        for key in [&b""[..], b"k", &[7u8; INLINE_KEY], &[8u8; INLINE_KEY + 1]] {
+            let bytes = key_bytes(key);
+            assert_eq!(&bytes[..], key);
+            let clone = bytes.clone();
+            assert_eq!(clone.as_ptr(), bytes.as_ptr(), "the clone copied the key");
+            drop(bytes);
+            assert_eq!(&clone[..], key);
+        }
+    }
 
     #[test]
     fn each_topic_name_is_interned_once() {
