@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header as KHeader, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use weir_core::{
     AssignedPartition, Bytes, CommitInfo, Config, Context, Guarantee, OffsetReset, Output,
@@ -67,6 +67,8 @@ use weir_core::{
 use weir_kafka::clients::producer_config;
 use weir_kafka::errors::{classify, is_fenced, TxnErrorClass};
 
+use crate::produce::Held;
+pub(crate) use crate::produce::WeirProducer;
 use crate::rebalance::RebalanceHandler;
 use crate::stateful::{by_task, failpoint, failpoint_error, restore};
 use crate::{telemetry, RestoreObserver, RuntimeError};
@@ -179,13 +181,13 @@ pub(crate) async fn new_producer(
     transactional_id: &str,
     delivery: &Arc<DeliveryState>,
 ) -> Result<Arc<WeirProducer>, RuntimeError> {
-    let producer: WeirProducer = producer_config(config, transactional_id)
+    let producer: ThreadedProducer<DeliveryContext> = producer_config(config, transactional_id)
         .create_with_context(DeliveryContext(Arc::clone(delivery)))
         .map_err(|source| RuntimeError::Kafka {
             during: "creating the producer".into(),
             source: source.into(),
         })?;
-    let producer = Arc::new(producer);
+    let producer = Arc::new(WeirProducer::from(producer));
     if config.guarantee == Guarantee::ExactlyOnce {
         init_transactions(&producer, transactional_id).await?;
     }
@@ -242,9 +244,11 @@ pub(crate) struct DeliveryContext(pub(crate) Arc<DeliveryState>);
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Held;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    /// Runs on the producer's thread; `_value` (an uncopied value, see the `produce` module)
+    /// is released when this returns.
+    fn delivery(&self, result: &DeliveryResult<'_>, _value: Held) {
         if let (Ok(message), true) = (result, self.0.tracking.load(Ordering::Relaxed)) {
             let mut changelogs = self.0.changelogs.lock().expect("poisoned");
             if changelogs.topics.contains(message.topic()) {
@@ -266,8 +270,6 @@ impl ProducerContext for DeliveryContext {
         }
     }
 }
-
-pub(crate) type WeirProducer = ThreadedProducer<DeliveryContext>;
 
 /// Sends everything the producer holds at once, whatever `linger.ms` says, and waits (up to
 /// 5 s) until nothing is in flight. rdkafka's `flush` — which `commit_transaction` calls
@@ -706,46 +708,21 @@ impl Engine {
         let mut result = Ok(());
         let mut aborted: Option<String> = None;
         let mut queue_full = Duration::ZERO;
-        for out in outputs.drain(..) {
-            let Some(topic) = out.topic.as_deref().or(self.config.output_topic.as_deref()) else {
+        for mut out in outputs.drain(..) {
+            let named = out.topic.take();
+            let Some(topic) = named.as_deref().or(self.config.output_topic.as_deref()) else {
                 result = Err(RuntimeError::NoOutputTopic);
                 break;
             };
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
-            if let Some(p) = out.partition {
-                record = record.partition(p);
-            }
-            if let Some(k) = out.key.as_deref() {
-                record = record.key(k);
-            }
-            if let Some(v) = out.value.as_deref() {
-                record = record.payload(v);
-            }
-            if let Some(ts) = out.timestamp_ms {
-                record = record.timestamp(ts);
-            }
-            if !out.headers.is_empty() {
-                let headers = out.headers.iter().fold(
-                    OwnedHeaders::new_with_capacity(out.headers.len()),
-                    |h, header| {
-                        h.insert(KHeader {
-                            key: &header.key,
-                            value: header.value.as_deref(),
-                        })
-                    },
-                );
-                record = record.headers(headers);
-            }
             loop {
-                match self.producer.send(record) {
+                match self.producer.produce(topic, &mut out) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                         let waiting = Instant::now();
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         queue_full += waiting.elapsed();
                     }
-                    Err((source, _))
+                    Err(source)
                         if self.exactly_once()
                             && source.rdkafka_error_code() == Some(RDKafkaErrorCode::State) =>
                     {
@@ -754,13 +731,11 @@ impl Engine {
                         aborted = Some(source.to_string());
                         break;
                     }
-                    Err((source, _))
-                        if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) =>
-                    {
+                    Err(source) if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
                         result = Err(self.txn_error("produce", source));
                         break;
                     }
-                    Err((source, _)) => {
+                    Err(source) => {
                         result = Err(RuntimeError::Produce {
                             topic: topic.to_string(),
                             partition: out.partition,

@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod instance;
 mod poll;
+mod produce;
 mod rebalance;
 mod stateful;
 mod telemetry;

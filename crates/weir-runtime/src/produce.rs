@@ -1,0 +1,323 @@
+//! Handing outputs to librdkafka: large values without a copy, every topic by its handle.
+//!
+//! rdkafka's `send` always asks librdkafka to copy the value (`RD_KAFKA_MSG_F_COPY`: a
+//! `malloc` of the value's size and a `memcpy` on the main loop, for each record — and the
+//! broker thread copies it once more into the produce request) and names the topic as a
+//! string (a `CString` allocation per record, then a topic lookup under the client's write
+//! lock). [`WeirProducer::produce`] calls `rd_kafka_producev` itself instead:
+//!
+//! - a value of [`HOLD_MIN`] bytes or more is not copied: librdkafka points at the output's
+//!   [`Bytes`] — for a forwarded record, the consumer's fetch buffer — and the producer keeps a
+//!   reference to it as the message's delivery opaque ([`Held`]) until the delivery report,
+//!   after which librdkafka no longer reads the value (the contract of a produce without
+//!   `RD_KAFKA_MSG_F_COPY`; librdkafka frees its own copies only then too). Smaller values are
+//!   copied, which costs less than the reference and its release on the producer's thread;
+//! - the topic is given as a handle (`rd_kafka_topic_t`), made once per producer and topic.
+
+use std::ffi::{c_void, CString};
+use std::ops::Deref;
+use std::ptr;
+use std::sync::Mutex;
+
+use rdkafka::bindings as rd;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::util::IntoOpaque;
+use weir_core::{Bytes, Output};
+
+use crate::engine::DeliveryContext;
+
+/// The smallest value handed to librdkafka without a copy (see the module documentation).
+pub(crate) const HOLD_MIN: usize = 512;
+
+/// A message's delivery opaque: the value librdkafka points at, if it was not copied; dropped
+/// by the delivery report.
+#[derive(Debug)]
+pub(crate) struct Held(Option<Bytes>);
+
+impl IntoOpaque for Held {
+    fn into_ptr(self) -> *mut c_void {
+        match self.0 {
+            None => ptr::null_mut(),
+            Some(value) => Box::into_raw(Box::new(value)).cast(),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    unsafe fn from_ptr(p: *mut c_void) -> Self {
+        if p.is_null() {
+            Held(None)
+        } else {
+            // SAFETY: a non-null opaque is a `Box<Bytes>` from `into_ptr`, and librdkafka hands
+            // each message's opaque back once (its delivery report, or a failed `producev`).
+            Held(Some(*unsafe { Box::from_raw(p.cast::<Bytes>()) }))
+        }
+    }
+}
+
+/// A topic handle, owned by one [`WeirProducer`].
+#[derive(Debug)]
+struct TopicHandle {
+    name: Box<str>,
+    rkt: *mut rd::rd_kafka_topic_t,
+}
+
+// SAFETY: librdkafka's topic handles may be used from any thread.
+#[allow(unsafe_code)]
+unsafe impl Send for TopicHandle {}
+
+/// weir's producer: rdkafka's threaded producer, plus its topic handles.
+pub(crate) struct WeirProducer {
+    /// Destroyed (in `drop`) before `inner`: a handle must not outlive its client.
+    topics: Mutex<Vec<TopicHandle>>,
+    inner: ThreadedProducer<DeliveryContext>,
+}
+
+impl std::fmt::Debug for WeirProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeirProducer").finish_non_exhaustive()
+    }
+}
+
+impl Deref for WeirProducer {
+    type Target = ThreadedProducer<DeliveryContext>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl From<ThreadedProducer<DeliveryContext>> for WeirProducer {
+    fn from(inner: ThreadedProducer<DeliveryContext>) -> Self {
+        WeirProducer {
+            topics: Mutex::new(Vec::new()),
+            inner,
+        }
+    }
+}
+
+impl Drop for WeirProducer {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        let topics = self.topics.get_mut().unwrap_or_else(|e| e.into_inner());
+        for t in topics.drain(..) {
+            // SAFETY: the handle came from `rd_kafka_topic_new` on `inner`'s client, which is
+            // destroyed only after this (fields drop after `drop`). Messages still queued hold
+            // references of their own.
+            unsafe { rd::rd_kafka_topic_destroy(t.rkt) };
+        }
+    }
+}
+
+impl WeirProducer {
+    /// `topic`'s handle, made on first use.
+    #[allow(unsafe_code)]
+    fn topic(&self, topic: &str) -> Result<*mut rd::rd_kafka_topic_t, KafkaError> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = topics.iter().find(|t| &*t.name == topic) {
+            return Ok(t.rkt);
+        }
+        let name = CString::new(topic)?;
+        // SAFETY: a valid client and a NUL-terminated name; NULL takes the client's topic
+        // defaults, as a produce by name does.
+        let rkt = unsafe {
+            rd::rd_kafka_topic_new(
+                self.inner.client().native_ptr(),
+                name.as_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        if rkt.is_null() {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::InvalidTopic,
+            ));
+        }
+        topics.push(TopicHandle {
+            name: topic.into(),
+            rkt,
+        });
+        Ok(rkt)
+    }
+
+    /// Hands `out` to librdkafka for `topic`. Errors are those of rdkafka's `send`
+    /// (`KafkaError::MessageProduction` with librdkafka's code: `QueueFull` when the producer's
+    /// window is full, `State` in a transaction's abortable state, `Fatal`, ...); on an error
+    /// librdkafka has taken nothing, and `out` is as it was. On success `out`'s value may have
+    /// been moved to the producer.
+    #[allow(unsafe_code)]
+    pub(crate) fn produce(&self, topic: &str, out: &mut Output) -> Result<(), KafkaError> {
+        use rd::rd_kafka_vtype_t::*;
+        let rkt = self.topic(topic)?;
+        // A held value moves into the opaque (its data does not move), and back on an error.
+        let held = match out.value.take() {
+            Some(v) if v.len() >= HOLD_MIN => Held(Some(v)),
+            other => {
+                out.value = other;
+                Held(None)
+            }
+        };
+        let (value_ptr, value_len) = match held.0.as_ref().or(out.value.as_ref()) {
+            None => (ptr::null_mut(), 0),
+            Some(v) => (v.as_ptr() as *mut c_void, v.len()),
+        };
+        let flags = if held.0.is_some() {
+            0
+        } else {
+            rd::RD_KAFKA_MSG_F_COPY
+        };
+        let (key_ptr, key_len) = out.key.as_deref().map_or((ptr::null_mut(), 0), |k| {
+            (k.as_ptr() as *mut c_void, k.len())
+        });
+        let headers = if out.headers.is_empty() {
+            ptr::null_mut()
+        } else {
+            // SAFETY: `rd_kafka_header_add` copies name and value (lengths given, so no NUL is
+            // needed).
+            unsafe {
+                let hs = rd::rd_kafka_headers_new(out.headers.len());
+                for h in &out.headers {
+                    let (v, n) = h
+                        .value
+                        .as_deref()
+                        .map_or((ptr::null(), 0), |v| (v.as_ptr().cast::<c_void>(), v.len()));
+                    rd::rd_kafka_header_add(
+                        hs,
+                        h.key.as_ptr().cast(),
+                        h.key.len() as isize,
+                        v,
+                        n as isize,
+                    );
+                }
+                hs
+            }
+        };
+        let opaque = held.into_ptr();
+        // SAFETY: every pointer is valid for the call. librdkafka copies the key, the headers
+        // (it takes ownership of them on success) and, with `RD_KAFKA_MSG_F_COPY`, the value;
+        // an uncopied value stays alive in `opaque` until librdkafka hands it back.
+        let err = unsafe {
+            rd::rd_kafka_producev(
+                self.inner.client().native_ptr(),
+                RD_KAFKA_VTYPE_RKT,
+                rkt,
+                RD_KAFKA_VTYPE_PARTITION,
+                out.partition.unwrap_or(-1),
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                flags,
+                RD_KAFKA_VTYPE_VALUE,
+                value_ptr,
+                value_len,
+                RD_KAFKA_VTYPE_KEY,
+                key_ptr,
+                key_len,
+                RD_KAFKA_VTYPE_OPAQUE,
+                opaque,
+                RD_KAFKA_VTYPE_TIMESTAMP,
+                out.timestamp_ms.unwrap_or(0),
+                RD_KAFKA_VTYPE_HEADERS,
+                headers,
+                RD_KAFKA_VTYPE_END,
+            )
+        };
+        if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Ok(());
+        }
+        // SAFETY: librdkafka took nothing: the opaque and the headers are still ours.
+        unsafe {
+            if let Held(Some(value)) = Held::from_ptr(opaque) {
+                out.value = Some(value);
+            }
+            if !headers.is_null() {
+                rd::rd_kafka_headers_destroy(headers);
+            }
+        }
+        Err(KafkaError::MessageProduction(err.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::producer::PurgeConfig;
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::engine::DeliveryState;
+
+    /// Bytes whose owner reports being dropped.
+    struct Watched(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn watched(len: usize) -> (Bytes, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let bytes = Bytes::from_owner(Watched(vec![7; len], Arc::clone(&dropped)));
+        (bytes, dropped)
+    }
+
+    #[test]
+    fn an_opaque_gives_back_the_value_it_holds() {
+        let (value, dropped) = watched(HOLD_MIN);
+        let p = Held(Some(value)).into_ptr();
+        #[allow(unsafe_code)]
+        let back = unsafe { Held::from_ptr(p) };
+        assert_eq!(back.0.as_deref(), Some(&[7u8; HOLD_MIN][..]));
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(back);
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(Held(None).into_ptr().is_null());
+    }
+
+    /// No broker is needed: librdkafka queues the message, and a purge fails it with a
+    /// delivery report — which must release the held value, and only then.
+    #[test]
+    fn a_large_value_is_held_until_its_delivery_report_and_a_small_one_is_copied() {
+        let producer: ThreadedProducer<DeliveryContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create_with_context(DeliveryContext(Arc::new(DeliveryState::default())))
+            .expect("producer");
+        let producer = WeirProducer::from(producer);
+        let (large, large_dropped) = watched(HOLD_MIN);
+        let (small, small_dropped) = watched(HOLD_MIN - 1);
+        let mut out = Output::new(Some("k"), large);
+        producer.produce("t", &mut out).expect("queued");
+        assert!(out.value.is_none(), "the large value moved to the producer");
+        let mut small_out = Output::new(Some("k"), small);
+        producer.produce("t", &mut small_out).expect("queued");
+        assert!(small_out.value.is_some(), "the small value was copied");
+        drop(small_out);
+        assert!(small_dropped.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !large_dropped.load(Ordering::SeqCst),
+            "released before its delivery report"
+        );
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !large_dropped.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the delivery report never released the value"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            producer.topics.lock().unwrap().len(),
+            1,
+            "one handle per topic"
+        );
+    }
+}
