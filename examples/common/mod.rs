@@ -6,6 +6,12 @@
 
 pub mod totals;
 
+/// Every example binary allocates with mimalloc, as a weir application should
+/// ([`weir::MiMalloc`]) — the bench's raw-client ceiling too, so the contenders are compared
+/// on the same allocator.
+#[global_allocator]
+static GLOBAL: weir::MiMalloc = weir::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
