@@ -52,7 +52,7 @@ pub mod progress;
 /// record's handles, the main loop and librdkafka's delivery thread free them. glibc's `malloc`
 /// serves such frees on a slow path (a lock on the arena, no thread cache for the allocating
 /// thread), mimalloc returns them to the owning thread's pages in bulk; at 1 KB it cut weir's
-/// CPU per record by about a tenth (docs/benchmarks.md). Rust's allocations only: librdkafka and
+/// CPU per record by about a fifth (docs/benchmarks.md). Rust's allocations only: librdkafka and
 /// RocksDB keep the C library's `malloc`.
 #[cfg(feature = "mimalloc")]
 pub use mimalloc::MiMalloc;
