@@ -40,20 +40,14 @@ pub use weir_runtime::{App, RestoreObserver, RunSummary, RuntimeError};
 
 pub mod progress;
 
-/// The allocator to give a weir application's binary (feature `mimalloc`, on by default):
+/// The allocator to give a weir application's binary (feature `mimalloc`, on by default); why,
+/// and what it measured, is in docs/operations.md ("The allocator"):
 ///
 /// ```no_run
 /// #[global_allocator]
 /// static GLOBAL: weir::MiMalloc = weir::MiMalloc;
 /// # fn main() {}
 /// ```
-///
-/// weir's threads hand memory to each other on every record: the polling thread allocates a
-/// record's handles, the main loop and librdkafka's delivery thread free them. glibc's `malloc`
-/// serves such frees on a slow path (a lock on the arena, no thread cache for the allocating
-/// thread), mimalloc returns them to the owning thread's pages in bulk; at 1 KB it cut weir's
-/// CPU per record by about a fifth (docs/benchmarks.md). Rust's allocations only: librdkafka and
-/// RocksDB keep the C library's `malloc`.
 #[cfg(feature = "mimalloc")]
 pub use mimalloc::MiMalloc;
 

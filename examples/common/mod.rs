@@ -9,6 +9,7 @@ pub mod totals;
 /// Every example binary allocates with mimalloc, as a weir application should
 /// ([`weir::MiMalloc`]) — the bench's raw-client ceiling too, so the contenders are compared
 /// on the same allocator.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: weir::MiMalloc = weir::MiMalloc;
 
