@@ -104,7 +104,7 @@ struct Args {
     warmup_runs: usize,
     /// ... and then more warm-up rounds (at most `--warmup-extra` of them) until one in which
     /// the broker's JIT compiler threads used at most this many CPU seconds in every run. After
-    /// twelve runs they still took 0.3–0.7 s of some runs (2026-11-29), on one contender and
+    /// twelve runs they still took 0.3–0.5 s of some runs (2026-11-29), on one contender and
     /// not the other: a measured run then paid for compiling code every run uses, and the
     /// ratio to the ceiling moved by ±0.1 between invocations of the same binaries. Only with
     /// the local broker (the bench cannot see an external cluster's threads).
