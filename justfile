@@ -4,13 +4,15 @@
 build:
     cargo build --workspace --all-targets
 
-# The whole test suite against a real Kafka broker (the README's test command).
-test:
-    cargo test --workspace
+# The whole test suite against a real Kafka broker (the README's test command: the set-up step,
+# then `cargo test --workspace`).
+test *ARGS:
+    cargo xtask test {{ARGS}}
 
-# The exactly-once demo: a local broker, a copy pipeline, SIGKILLs, a record-by-record check.
+# The exactly-once demo: a local broker, a copy pipeline, SIGKILLs, a record-by-record check
+# (the README's demo command).
 demo *ARGS:
-    cargo run --example demo -- {{ARGS}}
+    cargo xtask demo {{ARGS}}
 
 # Start a Kafka broker (the test kit's launcher) and print its bootstrap address;
 # e.g. `just kafka --topic payments:3 --topic totals:3 --payments payments:50000`.

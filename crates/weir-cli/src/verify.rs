@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use weir_kafka::clients::base_config;
+use weir_kafka::clients::{base_config, ReaderContext};
 use weir_testkit::{verify_copy, verify_totals, ReadRecord};
 
 use crate::kafka::Cluster;
@@ -126,12 +126,12 @@ fn read(cluster: &Cluster, topic: &str, live: Option<Duration>) -> anyhow::Resul
     for p in 0..n {
         ends.insert(p, cluster.watermarks(topic, p)?.2);
     }
-    let consumer: BaseConsumer = base_config(&cluster.bootstrap)
+    let consumer: BaseConsumer<ReaderContext> = base_config(&cluster.bootstrap)
         .set("group.id", format!("weir-verify-{}", std::process::id()))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(ReaderContext)
         .context("creating a reader")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {

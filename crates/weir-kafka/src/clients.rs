@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use rdkafka::client::Client;
 use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use weir_core::{Config, GroupProtocol, Guarantee, OffsetReset};
 
@@ -147,6 +150,37 @@ pub fn base_config(bootstrap_servers: &str) -> ClientConfig {
     c
 }
 
+/// The configuration of an application's other clients (the start-up admin client, the
+/// changelog restore reader): its `kafka.*` passthrough — TLS, SASL, ... — and its
+/// `bootstrap.servers`. Callers set what is particular to the client after this.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    apply(&mut c, &config.kafka);
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    c
+}
+
+/// The context of a reader that reads to the end of its partitions (the changelog restore, the
+/// verifiers) with `enable.partition.eof`: reaching the end is what it waits for, so librdkafka's
+/// partition-EOF reports go to `debug`, not to `error` as rdkafka's default context has them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::debug!(%error, reason, "librdkafka: end of partition");
+        } else {
+            tracing::error!(%error, reason, "librdkafka: error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 fn apply(c: &mut ClientConfig, props: &std::collections::BTreeMap<String, String>) {
     for (k, v) in props {
         c.set(k, v);
@@ -198,6 +232,34 @@ mod tests {
         );
         assert_eq!(set.get("queue.buffering.max.kbytes"), Some("2048"));
         assert_eq!(set.get("linger.ms"), Some("7"));
+    }
+
+    /// Kerberos and OIDC are opt-in features (docs/operations.md): without them librdkafka
+    /// refuses the configuration when the client is created, naming the mechanism.
+    #[test]
+    fn kerberos_and_oidc_need_their_features() {
+        let create = |mechanism: (&str, &str)| {
+            base_config("localhost:1")
+                .set("security.protocol", "sasl_plaintext")
+                .set(mechanism.0, mechanism.1)
+                .create::<rdkafka::producer::BaseProducer>()
+                .err()
+                .map(|e| e.to_string())
+        };
+        let gssapi = create(("sasl.mechanism", "GSSAPI"));
+        if cfg!(feature = "gssapi") {
+            assert_eq!(gssapi, None);
+        } else {
+            let e = gssapi.expect("GSSAPI accepted without the gssapi feature");
+            assert!(e.contains("GSSAPI"), "{e}");
+        }
+        let oidc = create(("sasl.oauthbearer.method", "oidc"));
+        if cfg!(feature = "oidc") {
+            assert_eq!(oidc, None);
+        } else {
+            let e = oidc.expect("OIDC accepted without the oidc feature");
+            assert!(e.to_lowercase().contains("oidc") || e.contains("curl"), "{e}");
+        }
     }
 
     #[test]

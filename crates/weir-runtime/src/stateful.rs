@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use weir_core::{Config, RestoreProgress};
 use weir_kafka::admin::{Admin, TopicSpec};
-use weir_kafka::clients::base_config;
+use weir_kafka::clients::{client_config, ReaderContext};
 use weir_state::{changelog_topic, StateManager};
 
 use crate::{RestoreObserver, RuntimeError};
@@ -123,12 +123,12 @@ pub(crate) fn restore(
         during: format!("restoring {topic}/{task}: {during}"),
         source: e.into(),
     };
-    let consumer: BaseConsumer = base_config(&config.bootstrap_servers)
+    let consumer: BaseConsumer<ReaderContext> = client_config(config)
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .set("group.id", format!("{}-restore", config.application_id))
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|e| kafka("creating the reader", e))?;
     let (low, end) = consumer
         .fetch_watermarks(&topic, task, Duration::from_secs(30))

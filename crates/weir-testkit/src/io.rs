@@ -13,7 +13,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use weir_kafka::admin::TopicSpec;
-use weir_kafka::clients::base_config;
+use weir_kafka::clients::{base_config, ReaderContext};
 
 use crate::Kafka;
 
@@ -114,24 +114,6 @@ impl Isolation {
     }
 }
 
-/// A reader's context: reaching the end of a partition is what the reader waits for, not an
-/// error worth logging.
-struct EofIsNormal;
-
-impl rdkafka::ClientContext for EofIsNormal {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::error!(%error, reason, "test reader error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for EofIsNormal {}
-
 /// A unique name for a topic, group or transactional id: `{prefix}-{random}`.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
@@ -211,7 +193,7 @@ impl Kafka {
     /// then offset order.
     pub fn read_to_end(&self, topic: &str, isolation: Isolation) -> Vec<ReadRecord> {
         let ends = self.end_offsets(topic, isolation);
-        let consumer: BaseConsumer<EofIsNormal> = base_config(self.bootstrap_servers())
+        let consumer: BaseConsumer<ReaderContext> = base_config(self.bootstrap_servers())
             .set("group.id", unique("weir-testkit-reader"))
             .set("isolation.level", isolation.name())
             .set("enable.auto.commit", "false")
@@ -219,7 +201,7 @@ impl Kafka {
             // librdkafka's default (1 s) stops fetching for a second whenever the local queue
             // was full: a reader that reads a large topic to its end would mostly wait.
             .set("fetch.queue.backoff.ms", "10")
-            .create_with_context(EofIsNormal)
+            .create_with_context(ReaderContext)
             .expect("test reader");
         let mut tpl = TopicPartitionList::new();
         let mut pending: BTreeSet<i32> = BTreeSet::new();
@@ -306,11 +288,11 @@ impl Kafka {
             .end_offsets(topic, Isolation::ReadCommitted)
             .into_keys()
             .collect();
-        let consumer: BaseConsumer<EofIsNormal> = base_config(self.bootstrap_servers())
+        let consumer: BaseConsumer<ReaderContext> = base_config(self.bootstrap_servers())
             .set("group.id", unique("weir-testkit-live"))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
-            .create_with_context(EofIsNormal)
+            .create_with_context(ReaderContext)
             .expect("live reader");
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
