@@ -11,8 +11,9 @@
 //! Maven — and takes a fraction of a second when all is there. What is missing it installs with
 //! `apt-get` when it runs as root or with password-less sudo; otherwise it stops at once and
 //! prints the exact command to run. Everything else (librdkafka, RocksDB, zstd, zlib) is built
-//! from the crates' bundled sources. Kerberos and OIDC are opt-in cargo features (`gssapi`,
-//! `oidc`, docs/operations.md); when the arguments ask for them, their libraries are checked too.
+//! from the crates' bundled sources; of curl only its headers are needed (librdkafka's build
+//! includes one even without OIDC). Kerberos and OIDC are opt-in cargo features (`gssapi`,
+//! `oidc`, docs/operations.md); when the arguments ask for `gssapi`, libsasl2 is checked too.
 //!
 //! No dependencies, so that it builds in seconds, before anything heavy.
 
@@ -74,7 +75,6 @@ const USAGE: &str = "usage: cargo xtask <demo|test|setup> [ARGS..]
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Features {
     gssapi: bool,
-    oidc: bool,
 }
 
 impl Features {
@@ -84,13 +84,12 @@ impl Features {
             for name in list.split([',', ' ']) {
                 let name = name.rsplit('/').next().unwrap_or(name);
                 f.gssapi |= name == "gssapi";
-                f.oidc |= name == "oidc";
             }
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             if a == "--all-features" {
-                named("gssapi,oidc");
+                named("gssapi");
             } else if a == "--features" || a == "-F" {
                 if let Some(list) = it.next() {
                     named(list);
@@ -205,6 +204,7 @@ fn install_line(packages: &[&str], sudo: bool) -> String {
 struct System {
     path: Vec<PathBuf>,
     lib_dirs: Vec<PathBuf>,
+    include_dirs: Vec<PathBuf>,
     libclang_path: Option<PathBuf>,
     use_broker: bool,
 }
@@ -232,6 +232,10 @@ impl System {
         Self {
             path,
             lib_dirs,
+            include_dirs: ["/usr/include", "/usr/local/include"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             libclang_path: std::env::var_os("LIBCLANG_PATH").map(PathBuf::from),
             // With an external cluster the tests and the demo start no local broker.
             use_broker: std::env::var_os("WEIR_KAFKA_BOOTSTRAP").is_none(),
@@ -240,6 +244,10 @@ impl System {
 
     fn has_program(&self, name: &str) -> bool {
         self.path.iter().any(|dir| dir.join(name).is_file())
+    }
+
+    fn has_header(&self, header: &str) -> bool {
+        self.include_dirs.iter().any(|dir| dir.join(header).is_file())
     }
 
     fn has_pkg_config(&self, module: &str) -> bool {
@@ -342,18 +350,19 @@ fn missing(features: &Features, sys: &System) -> Vec<Need> {
         "OpenSSL's headers (librdkafka's TLS)",
         "libssl-dev",
     );
+    // Only the header: librdkafka 2.12's rdkafka_conf.c includes <curl/curl.h> under `#ifdef
+    // WITH_OAUTHBEARER_OIDC`, which its CMake build always defines (to 0 without curl). No
+    // curl function is linked unless the `oidc` feature asks for it.
+    need(
+        sys.has_pkg_config("libcurl") || sys.has_header("curl/curl.h"),
+        "curl's headers (librdkafka's build includes one)",
+        "libcurl4-openssl-dev",
+    );
     if features.gssapi {
         need(
             sys.has_pkg_config("libsasl2"),
             "Cyrus SASL (feature gssapi)",
             "libsasl2-dev",
-        );
-    }
-    if features.oidc {
-        need(
-            sys.has_pkg_config("libcurl"),
-            "libcurl (feature oidc)",
-            "libcurl4-openssl-dev",
         );
     }
     if sys.use_broker {
@@ -426,27 +435,9 @@ mod tests {
             Features::from_args(&args.iter().map(ToString::to_string).collect::<Vec<_>>())
         };
         assert_eq!(f(&[]), Features::default());
-        assert_eq!(
-            f(&["--features", "weir/gssapi"]),
-            Features {
-                gssapi: true,
-                oidc: false
-            }
-        );
-        assert_eq!(
-            f(&["--features=mimalloc,oidc"]),
-            Features {
-                gssapi: false,
-                oidc: true
-            }
-        );
-        assert_eq!(
-            f(&["--all-features"]),
-            Features {
-                gssapi: true,
-                oidc: true
-            }
-        );
+        assert_eq!(f(&["--features", "weir/gssapi"]), Features { gssapi: true });
+        assert_eq!(f(&["--features=mimalloc,oidc"]), Features { gssapi: false });
+        assert_eq!(f(&["--all-features"]), Features { gssapi: true });
     }
 
     /// A fake system in a temporary directory: each check fails when its file is absent.
@@ -460,6 +451,7 @@ mod tests {
         let sys = System {
             path: vec![bin.clone()],
             lib_dirs: vec![lib.clone()],
+            include_dirs: vec![root.join("include")],
             libclang_path: None,
             use_broker: true,
         };
@@ -470,7 +462,15 @@ mod tests {
                 .collect()
         };
         let all = packages(&sys);
-        for p in ["g++", "make", "cmake", "pkg-config", "libclang-dev", "maven"] {
+        for p in [
+            "g++",
+            "make",
+            "cmake",
+            "pkg-config",
+            "libclang-dev",
+            "libcurl4-openssl-dev",
+            "maven",
+        ] {
             assert!(all.contains(&p), "{p} in {all:?}");
         }
         for program in ["g++", "make", "cmake", "mvn"] {
@@ -481,8 +481,10 @@ mod tests {
         assert!(now.contains(&"libclang-dev"), "no headers yet: {now:?}");
         std::fs::create_dir_all(lib.join("clang/14/include")).unwrap();
         std::fs::write(lib.join("clang/14/include/stddef.h"), "").unwrap();
+        std::fs::create_dir_all(root.join("include/curl")).unwrap();
+        std::fs::write(root.join("include/curl/curl.h"), "").unwrap();
         let now = packages(&sys);
-        for p in ["g++", "make", "cmake", "libclang-dev", "maven"] {
+        for p in ["g++", "make", "cmake", "libclang-dev", "libcurl4-openssl-dev", "maven"] {
             assert!(!now.contains(&p), "{p} still in {now:?}");
         }
         std::fs::remove_dir_all(&root).unwrap();
