@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use weir_state::{changelog_topic, Marks, StateManager};
+use weir_state::{changelog_topic, pending_decided, standing, Marks, Standing, StateManager};
 
 use crate::kafka::Cluster;
 use crate::table::{self, opt};
@@ -95,32 +95,31 @@ pub fn inspect(
             let marks = k.map(|k| Marks::parse(&k.metadata)).unwrap_or_default();
             let status = match (committed.is_some(), k) {
                 (false, _) => "not compared (--offline)".to_string(),
-                (true, None) => "no committed offset: the group has none for this partition".into(),
                 (true, Some(_)) if marks.reset.is_some() && marks.reset != meta.reset => {
                     "reset: the offsets were reset with --reset-state; wiped at the next start"
                         .into()
                 }
-                (true, Some(k)) if k.offset == *r => "in step".into(),
-                (true, Some(k)) if *r < k.offset => format!(
-                    "behind by {}: restores the changelog tail at the next start",
-                    k.offset - r
-                ),
-                (true, Some(k)) => format!(
-                    "ahead by {}: the offsets were moved back; the next start refuses (reset with \
-                     `weir offsets reset --reset-state`, or delete this directory)",
-                    r - k.offset
-                ),
+                (true, k) => match (standing(Some(*r), k.map(|k| k.offset)), k) {
+                    (Standing::InStep, _) => "in step".into(),
+                    (Standing::Behind, Some(k)) => format!(
+                        "behind by {}: restores the changelog tail at the next start",
+                        k.offset - r
+                    ),
+                    (Standing::Ahead, Some(k)) => format!(
+                        "ahead by {}: the offsets were moved back; the next start refuses (reset \
+                         with `weir offsets reset --reset-state`, or delete this directory)",
+                        r - k.offset
+                    ),
+                    (_, _) => "no committed offset: the group has none for this partition".into(),
+                },
             };
             let pending = pending.as_ref().map(|p| {
-                let decided = committed.is_some()
-                    && p.offsets.iter().all(|(t, o)| {
-                        committed
-                            .as_ref()
-                            .and_then(|c| c.get(&(t.clone(), *task)))
-                            .is_some_and(|k| {
-                                k.offset == *o && Marks::parse(&k.metadata).seq == Some(p.seq)
-                            })
-                    });
+                let decided = committed.as_ref().is_some_and(|c| {
+                    pending_decided(p, |t| {
+                        c.get(&(t.to_string(), *task))
+                            .map(|k| (k.offset, Marks::parse(&k.metadata).seq))
+                    })
+                });
                 let fate = match (committed.is_some(), decided) {
                     (false, _) => "fate decided by Kafka at the next start",
                     (true, true) => "Kafka committed it: rolls forward at the next start",

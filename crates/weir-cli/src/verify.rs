@@ -1,4 +1,5 @@
-//! `weir verify`: the test kit's exactly-once verifier over real topics, with progress bars.
+//! `weir verify`: the exactly-once verifier of `weir-verify` (the one the test kit uses) over
+//! real topics, with progress bars.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use weir_kafka::clients::{base_config, ReaderContext};
-use weir_testkit::{verify_copy, verify_totals, ReadRecord};
+use weir_verify::{verify_copy, verify_totals, ReadRecord};
 
 use crate::kafka::Cluster;
 use crate::Format;

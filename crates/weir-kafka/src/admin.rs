@@ -12,6 +12,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
+use rdkafka::ClientConfig;
+
 use crate::clients::base_config;
 
 /// An admin failure: what was asked, of which cluster, and why.
@@ -97,8 +99,24 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// Connects lazily to `bootstrap`; every call waits at most `timeout`.
     pub fn new(bootstrap: &str, timeout: Duration) -> Result<Self, AdminError> {
+        Self::with_config(&base_config(bootstrap), timeout)
+    }
+
+    /// An application's admin client: its `kafka.*` passthrough (TLS, SASL, ...) applies
+    /// ([`client_config`](crate::clients::client_config)).
+    pub fn for_app(config: &weir_core::Config, timeout: Duration) -> Result<Self, AdminError> {
+        Self::with_config(&crate::clients::client_config(config), timeout)
+    }
+
+    /// Connects lazily with `base` (which names `bootstrap.servers`); every call waits at
+    /// most `timeout`.
+    pub fn with_config(base: &ClientConfig, timeout: Duration) -> Result<Self, AdminError> {
+        let bootstrap = base
+            .get("bootstrap.servers")
+            .unwrap_or_default()
+            .to_string();
         let kafka = |what: &str| {
-            let bootstrap = bootstrap.to_string();
+            let bootstrap = bootstrap.clone();
             let what = what.to_string();
             move |source| AdminError::Kafka {
                 what,
@@ -106,15 +124,14 @@ impl Admin {
                 source: Box::new(source),
             }
         };
-        let consumer: BaseConsumer = base_config(bootstrap)
+        let consumer: BaseConsumer = base
+            .clone()
             .set("isolation.level", "read_committed")
             .create()
             .map_err(kafka("creating a metadata client"))?;
-        let admin = base_config(bootstrap)
-            .create()
-            .map_err(kafka("creating an admin client"))?;
+        let admin = base.create().map_err(kafka("creating an admin client"))?;
         Ok(Self {
-            bootstrap: bootstrap.to_string(),
+            bootstrap,
             consumer,
             admin,
             timeout,

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use rdkafka::client::Client;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use weir_core::{Config, GroupProtocol, Guarantee, OffsetReset};
 
@@ -258,7 +258,10 @@ mod tests {
             assert_eq!(oidc, None);
         } else {
             let e = oidc.expect("OIDC accepted without the oidc feature");
-            assert!(e.to_lowercase().contains("oidc") || e.contains("curl"), "{e}");
+            assert!(
+                e.to_lowercase().contains("oidc") || e.contains("curl"),
+                "{e}"
+            );
         }
     }
 

@@ -25,54 +25,16 @@ use weir_core::{AppInfo, Config, Guarantee, Processor, Record, RestoreProgress};
 use weir_kafka::admin::Admin;
 use weir_kafka::clients::consumer_config;
 
-use crate::engine::{blocking, new_producer, DeliveryState, Engine, Wait, WeirConsumer};
+use crate::engine::{Engine, WeirConsumer};
+use crate::producer::DeliveryState;
 use crate::rebalance::RebalanceHandler;
+use crate::summary::{CommitReason, RunSummary, Wait};
+use crate::threads::blocking;
+use crate::txn::new_producer;
 use crate::{instance, poll, telemetry, RuntimeError};
 
 /// How long start-up waits for the cluster to answer.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a run did, returned when it stops cleanly.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    /// Input records whose offsets were committed.
-    pub records_in: u64,
-    /// Output records committed.
-    pub records_out: u64,
-    /// Commits.
-    pub commits: u64,
-    /// Aborted transactions (or, in at_least_once, rewinds).
-    pub aborts: u64,
-    /// Poison records skipped.
-    pub skipped: u64,
-    /// Poison records sent to the dead-letter topic.
-    pub dead_lettered: u64,
-    /// Where the processing loop waited, in all (also exported as `weir_wait_seconds`).
-    pub waited: Waits,
-}
-
-/// Where the processing loop spent its time waiting rather than working: the first place to
-/// look when a pipeline is slower than expected. Input waits mean the pipeline keeps up with
-/// what it is given; output waits mean Kafka takes the outputs slower than the operator makes
-/// them (back-pressure: the producer's queue, `queue.buffering.max.kbytes`, is full); commit
-/// waits are time lost to the commit cycle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Waits {
-    /// For the next batch of input: the poll running alongside processing had not finished.
-    pub input: Duration,
-    /// For room in the producer's queue to hand it more outputs.
-    pub output: Duration,
-    /// For commits: the previous transaction's background commit, the flush before an
-    /// overlapped commit, or an in-line commit (`commit.overlap=false`, at_least_once).
-    pub commit: Duration,
-}
-
-impl Waits {
-    /// Their sum.
-    pub fn total(&self) -> Duration {
-        self.input + self.output + self.commit
-    }
-}
 
 /// A weir application: a configuration, ready to run an operator.
 ///
@@ -229,18 +191,12 @@ impl App {
             delivery,
             state,
         );
-        engine.restore_observer = self.restore_observer.clone();
+        engine.set_restore_observer(self.restore_observer.clone());
         if let Some(spare) = spare {
             engine.set_spare(spare);
         }
         let engine = Arc::new(Mutex::new(engine));
-        let (rewind_pending, committed) = {
-            let engine = engine.lock().await;
-            (
-                Arc::clone(&engine.rewind_pending),
-                Arc::clone(&engine.committed_view),
-            )
-        };
+        let (rewind_pending, committed) = engine.lock().await.shared_with_handler();
         let handler = RebalanceHandler {
             rewind_pending,
             committed,
@@ -294,7 +250,7 @@ impl App {
                 Err(e)
             }
         };
-        let summary = engine.lock().await.totals.clone();
+        let summary = engine.lock().await.totals().clone();
         // Closing the clients blocks (leave group, flush, destroy); do it off the async
         // workers. The engine holds the producer.
         blocking(move || {
@@ -307,12 +263,12 @@ impl App {
 }
 
 async fn check_cluster(config: &Config) -> Result<(), RuntimeError> {
-    let bootstrap = config.bootstrap_servers.clone();
+    let config = config.clone();
     let mut topics: Vec<String> = config.input_topics.clone();
     topics.extend(config.output_topic.clone());
     topics.extend(config.dead_letter_topic.clone());
     blocking(move || -> Result<(), RuntimeError> {
-        let admin = Admin::new(&bootstrap, STARTUP_TIMEOUT)?;
+        let admin = Admin::for_app(&config, STARTUP_TIMEOUT)?;
         admin.ping()?;
         for t in &topics {
             admin.partition_count(t)?;
@@ -338,8 +294,8 @@ async fn open_state(
         if let Some(aside) = moved {
             tracing::warn!(aside = %aside.display(), "the corrupt state directory was moved aside; every task restores from its changelog");
         }
-        let admin = Admin::new(&config.bootstrap_servers, STARTUP_TIMEOUT)?;
-        crate::stateful::ensure_changelogs(&config, &state, &admin)?;
+        let admin = Admin::for_app(&config, STARTUP_TIMEOUT)?;
+        crate::changelog::ensure_changelogs(&config, &state, &admin)?;
         Ok((state, topics))
     })
     .await
@@ -408,7 +364,7 @@ async fn main_loop(
 /// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, a
 /// background commit that has finished, the batch, and the commit when it is due.
 async fn step(engine: &mut Engine, polled: &mut poll::Polled) -> Result<(), RuntimeError> {
-    if let Some(e) = engine.failure.take() {
+    if let Some(e) = engine.take_failure() {
         return Err(e);
     }
     if let Some(e) = polled.error.take() {
@@ -418,11 +374,11 @@ async fn step(engine: &mut Engine, polled: &mut poll::Polled) -> Result<(), Runt
     engine.process(&polled.records).await?;
     if engine.commit_due() {
         let waiting = std::time::Instant::now();
-        let committed = engine.commit("interval").await;
+        let committed = engine.commit(CommitReason::Interval).await;
         engine.waited(Wait::Commit, waiting.elapsed());
         committed?;
     }
-    match engine.failure.take() {
+    match engine.take_failure() {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -464,7 +420,7 @@ async fn shut_down(
 ) -> Result<(), RuntimeError> {
     {
         let mut engine = engine.lock().await;
-        if let Err(e) = engine.commit("shutdown").await {
+        if let Err(e) = engine.commit(CommitReason::Shutdown).await {
             if !engine.producer_failed() {
                 return Err(e);
             }
@@ -475,7 +431,7 @@ async fn shut_down(
     }
     leave_group(consumer).await;
     let mut engine = engine.lock().await;
-    if let Some(e) = engine.failure.take() {
+    if let Some(e) = engine.take_failure() {
         return Err(engine.stop(e).await);
     }
     engine

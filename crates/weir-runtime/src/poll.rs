@@ -23,7 +23,9 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use weir_core::{Bytes, Header, Record, TopicPartition};
 
-use crate::engine::WeirConsumer;
+use rdkafka::consumer::BaseConsumer;
+
+use crate::rebalance::{RebalanceHandler, RebalanceListener};
 
 /// One poll's result: records, and the error that ended the batch, if any.
 #[derive(Debug, Default)]
@@ -38,8 +40,8 @@ pub(crate) struct Polled {
 /// allocated them, rather than on the main loop, which is then free for the next batch sooner
 /// (measured at 100 B: 0.79 of the ceiling against 0.69 in the same rounds, with the same CPU
 /// in the two threads together; docs/benchmarks.md).
-pub(crate) fn poll_batch(
-    consumer: &Arc<WeirConsumer>,
+pub(crate) fn poll_batch<L: RebalanceListener>(
+    consumer: &Arc<BaseConsumer<RebalanceHandler<L>>>,
     max: usize,
     wait: Duration,
     mut records: Vec<Record>,
@@ -49,7 +51,7 @@ pub(crate) fn poll_batch(
     // One keep-alive per batch, not a clone of the consumer's own `Arc` per record: the poll
     // thread takes references to this one while the main thread drops the previous batch's.
     let alive = Arc::new(KeepAlive {
-        _consumer: Arc::clone(consumer),
+        _consumer: Arc::clone(consumer) as Arc<dyn std::any::Any + Send + Sync>,
     });
     handler.revoked.lock().expect("poisoned").clear();
     let mut topics = Topics::default();
@@ -128,7 +130,7 @@ impl Topics {
 
 /// Keeps the consumer alive while values of one batch live (see [`Fetched`]).
 struct KeepAlive {
-    _consumer: Arc<WeirConsumer>,
+    _consumer: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// A polled message that owns the memory a record's value points into, so the value is shared

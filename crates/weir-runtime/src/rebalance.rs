@@ -15,8 +15,11 @@
 //! - **assign**: start offsets are resolved (committed offset, else `auto.offset.reset`) and
 //!   assigned explicitly, and `on_partitions_assigned` runs, before the first fetch.
 //!
-//! An error in a callback cannot be returned through librdkafka; it is parked in
-//! `Engine::failure`, and the main loop returns it right after `poll`.
+//! An error in a callback cannot be returned through librdkafka; it is parked with the
+//! listener ([`RebalanceListener::park`]), and the main loop returns it right after `poll`.
+//!
+//! The handler knows the engine only as a [`RebalanceListener`]: this module is below the
+//! engine and imports nothing of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -26,13 +29,32 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
-use weir_core::TopicPartition;
+use weir_core::{AssignedPartition, TopicPartition};
 
-use crate::engine::Engine;
+use crate::RuntimeError;
+
+/// What the rebalance callbacks drive (the engine).
+pub(crate) trait RebalanceListener: Send + 'static {
+    /// Partitions assigned: where each starts, once its state is recovered.
+    async fn assigned(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+    ) -> Result<Vec<AssignedPartition>, RuntimeError>;
+    /// Partitions revoked (`lost`: taken away without a chance to commit).
+    async fn revoked(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        lost: bool,
+    ) -> Result<(), RuntimeError>;
+    /// Performs a pending rewind, if any (see `Engine::rewind_now`); whether there was one.
+    async fn rewind(&mut self) -> Result<bool, RuntimeError>;
+    /// Keeps an error of a callback for the main loop (the first one wins).
+    fn park(&mut self, error: RuntimeError);
+}
 
 /// The consumer's context.
-pub(crate) struct RebalanceHandler {
-    pub(crate) engine: Arc<Mutex<Engine>>,
+pub(crate) struct RebalanceHandler<L> {
+    pub(crate) engine: Arc<Mutex<L>>,
     pub(crate) handle: Handle,
     /// Bumped on every revocation; lets `poll_batch` notice one happened during a poll.
     pub(crate) revocations: AtomicU64,
@@ -44,13 +66,13 @@ pub(crate) struct RebalanceHandler {
     pub(crate) committed: Arc<StdMutex<std::collections::BTreeMap<TopicPartition, i64>>>,
 }
 
-impl std::fmt::Debug for RebalanceHandler {
+impl<L> std::fmt::Debug for RebalanceHandler<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RebalanceHandler").finish_non_exhaustive()
     }
 }
 
-impl ClientContext for RebalanceHandler {
+impl<L: RebalanceListener> ClientContext for RebalanceHandler<L> {
     /// librdkafka's statistics (every `statistics.interval.ms`, set with `metrics.address`):
     /// the consumer lag of each assigned partition: the end of its log (last stable offset) minus
     /// the offset weir committed (librdkafka's own `consumer_lag` does not know the offsets a
@@ -80,7 +102,7 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-impl ConsumerContext for RebalanceHandler {
+impl<L: RebalanceListener> ConsumerContext for RebalanceHandler<L> {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -96,14 +118,14 @@ impl ConsumerContext for RebalanceHandler {
                 let parts = partitions(tpl);
                 let result = self.handle.block_on(async {
                     let mut engine = self.engine.lock().await;
-                    let result = engine.on_assign(parts).await;
+                    let result = engine.assigned(parts).await;
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "cannot start the assigned partitions");
                     }
                     match result {
                         Ok(starts) => Some(starts),
                         Err(e) => {
-                            engine.failure.get_or_insert(e);
+                            engine.park(e);
                             None
                         }
                     }
@@ -122,7 +144,7 @@ impl ConsumerContext for RebalanceHandler {
                     consumer.assign(tpl)
                 };
                 if let Err(e) = assigned {
-                    self.park(crate::RuntimeError::Kafka {
+                    self.park(RuntimeError::Kafka {
                         during: "assigning partitions".into(),
                         source: e.into(),
                     });
@@ -133,8 +155,8 @@ impl ConsumerContext for RebalanceHandler {
                 let lost = consumer.assignment_lost();
                 self.handle.block_on(async {
                     let mut engine = self.engine.lock().await;
-                    if let Err(e) = engine.on_revoke(parts.clone(), lost).await {
-                        engine.failure.get_or_insert(e);
+                    if let Err(e) = engine.revoked(parts.clone(), lost).await {
+                        engine.park(e);
                     }
                 });
                 self.revoked.lock().expect("poisoned").extend(parts);
@@ -145,7 +167,7 @@ impl ConsumerContext for RebalanceHandler {
                     consumer.unassign()
                 };
                 if let Err(e) = unassigned {
-                    self.park(crate::RuntimeError::Kafka {
+                    self.park(RuntimeError::Kafka {
                         during: "unassigning partitions".into(),
                         source: e.into(),
                     });
@@ -161,8 +183,8 @@ impl ConsumerContext for RebalanceHandler {
                     .unwrap_or_default();
                 self.handle.block_on(async {
                     let mut engine = self.engine.lock().await;
-                    if let Err(e) = engine.on_revoke(all, true).await {
-                        engine.failure.get_or_insert(e);
+                    if let Err(e) = engine.revoked(all, true).await {
+                        engine.park(e);
                     }
                 });
                 self.revocations.fetch_add(1, Ordering::SeqCst);
@@ -172,7 +194,7 @@ impl ConsumerContext for RebalanceHandler {
     }
 }
 
-impl RebalanceHandler {
+impl<L: RebalanceListener> RebalanceHandler<L> {
     /// Performs a rewind an abort asked for — in a callback of the poll that just returned, or
     /// in the main loop meanwhile — if there is one (see `Engine::rewind_now`). Called on the
     /// polling thread between two polls; returns whether it rewound, in which case every record
@@ -183,19 +205,19 @@ impl RebalanceHandler {
         }
         self.handle.block_on(async {
             let mut engine = self.engine.lock().await;
-            match engine.rewind_now().await {
+            match engine.rewind().await {
                 Ok(rewound) => rewound,
                 Err(e) => {
-                    engine.failure.get_or_insert(e);
+                    engine.park(e);
                     true
                 }
             }
         })
     }
 
-    fn park(&self, error: crate::RuntimeError) {
+    fn park(&self, error: RuntimeError) {
         self.handle.block_on(async {
-            self.engine.lock().await.failure.get_or_insert(error);
+            self.engine.lock().await.park(error);
         });
     }
 }

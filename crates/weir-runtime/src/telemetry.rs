@@ -166,8 +166,8 @@ pub(crate) fn batch(records_in: usize, records_out: usize) {
     histogram!("weir_batch_records").record(records_in as f64);
 }
 
-pub(crate) fn waited(on: crate::engine::Wait, took: Duration) {
-    use crate::engine::Wait;
+pub(crate) fn waited(on: crate::summary::Wait, took: Duration) {
+    use crate::summary::Wait;
     let on = match on {
         Wait::Input => "input",
         Wait::Output => "output",

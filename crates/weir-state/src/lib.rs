@@ -22,7 +22,7 @@
 //! abort:    overlay dropped; pending dropped
 //! ```
 //!
-//! # Recovery (DESIGN.md "Recovery"), per task, by [`StateManager::recover`]
+//! # Recovery (DESIGN.md "Recovery"), per task, by [`StateManager::recover`] (classified by [`standing`])
 //!
 //! A pending entry rolls forward when Kafka's committed offsets carry its sequence number (and
 //! its offsets), back otherwise. Then `R == K` resumes as is; `R < K` restores from the
@@ -31,9 +31,11 @@
 mod delta;
 mod manager;
 pub mod marks;
+pub mod standing;
 
 pub use manager::{
     changelog_topic, Committed, Pending, RecoveryOutcome, StateManager, StateStoreError,
     TaskCommit, TaskMeta,
 };
 pub use marks::Marks;
+pub use standing::{pending_decided, standing, Standing};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use weir_core::{StateAccess, StateError, StoreSpec};
 
 use crate::delta::{self, Change};
+use crate::Standing;
 
 const DATA: u8 = 0x01;
 const META: u8 = 0x02;
@@ -352,19 +353,32 @@ impl StateManager {
     }
 
     /// Recovery of one task against `committed` — per input topic, the group's committed offset
-    /// and the sequence number from its metadata (DESIGN.md, "Recovery").
+    /// and the sequence number from its metadata (DESIGN.md, "Recovery"): a pending entry is
+    /// decided ([`decide_pending`](Self::decide_pending)), then the local offsets are compared
+    /// with the committed ones ([`compare`](Self::compare)).
     pub fn recover(
         &mut self,
         task: i32,
         committed: &Committed,
     ) -> Result<RecoveryOutcome, StateStoreError> {
+        let rolled_forward = self.decide_pending(task, committed)?;
+        self.compare(task, committed, rolled_forward)
+    }
+
+    /// Decides a pending entry of `task`, if there is one: rolled forward when Kafka committed
+    /// its transaction ([`pending_decided`](crate::pending_decided)), back otherwise. Returns
+    /// whether it rolled forward. The task's uncommitted overlay is dropped first.
+    pub fn decide_pending(
+        &mut self,
+        task: i32,
+        committed: &Committed,
+    ) -> Result<bool, StateStoreError> {
         self.overlays.remove(&task);
         let mut rolled_forward = false;
         if let Some(pending) = self.pending(task)? {
-            let decided = pending
-                .offsets
-                .iter()
-                .all(|(t, o)| committed.get(t) == Some(&(Some(*o), Some(pending.seq))));
+            let decided = crate::pending_decided(&pending, |t| {
+                committed.get(t).and_then(|(o, seq)| o.map(|o| (o, *seq)))
+            });
             let mut batch = WriteBatch::default();
             if decided {
                 let bytes = self
@@ -411,6 +425,18 @@ impl StateManager {
                 .map_err(|e| self.rocks(&e))?;
         }
 
+        Ok(rolled_forward)
+    }
+
+    /// Compares `task`'s local offsets `R` with the committed `K` ([`standing`](crate::standing)
+    /// per partition): in step, behind (restore from the changelog) or fresh; ahead is an
+    /// error that names the way out.
+    pub fn compare(
+        &self,
+        task: i32,
+        committed: &Committed,
+        rolled_forward: bool,
+    ) -> Result<RecoveryOutcome, StateStoreError> {
         let meta = self.meta(task)?;
         let local = meta.as_ref().map(|m| &m.offsets);
         let mut ahead = Vec::new();
@@ -418,18 +444,14 @@ impl StateManager {
         let mut fresh = true;
         for (topic, (k, _)) in committed {
             let r = local.and_then(|l| l.get(topic)).copied();
-            match (r, *k) {
-                (None, None) => {}
-                (Some(r), Some(k)) if r == k => fresh = false,
-                (None, Some(_)) => {
+            match crate::standing(r, *k) {
+                Standing::New => {}
+                Standing::InStep => fresh = false,
+                Standing::Behind => {
                     behind = true;
                     fresh = false;
                 }
-                (Some(r), Some(k)) if r < k => {
-                    behind = true;
-                    fresh = false;
-                }
-                (r, k) => ahead.push(format!(
+                Standing::Ahead => ahead.push(format!(
                     "{topic}/{task}: local {} vs committed {}",
                     r.map_or("none".into(), |o| o.to_string()),
                     k.map_or("none".into(), |o| o.to_string())

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use weir_kafka::admin::TopicSpec;
 use weir_kafka::clients::{base_config, ReaderContext};
+pub use weir_verify::ReadRecord;
 
 use crate::Kafka;
 
@@ -39,60 +40,6 @@ impl TestRecord {
             value: Some(value.into().into_bytes()),
             headers: Vec::new(),
         }
-    }
-}
-
-/// A record read back.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReadRecord {
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Value.
-    pub value: Option<Vec<u8>>,
-    /// Headers.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl ReadRecord {
-    /// A copy of a message as read from Kafka.
-    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        Self {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers: m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-
-    /// The key as text (lossy).
-    pub fn key_text(&self) -> String {
-        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
-    }
-
-    /// The value as text (lossy).
-    pub fn value_text(&self) -> String {
-        String::from_utf8_lossy(self.value.as_deref().unwrap_or_default()).into_owned()
-    }
-
-    /// The value of header `name`, as text.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_deref())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 

@@ -12,21 +12,23 @@
 //!
 //! Tests share one broker per test binary ([`shared`]) and keep out of each other's way with
 //! [`unique`] topic, group and transactional ids; fault-injection tests start clusters of their
-//! own ([`Kafka::start_local`]). [`verify`] names every duplicated, lost or reordered record.
+//! own ([`Kafka::start_local`]). [`verify`] (the `weir-verify` crate, shared with the `weir verify`
+//! command) names every duplicated, lost or reordered record.
 
 mod cluster;
 pub mod io;
 pub mod local;
 pub mod process;
-pub mod verify;
 
 use std::sync::OnceLock;
 
 pub use cluster::{Backend, Kafka, StartError};
 pub use io::{unique, Isolation, LiveReader, ReadRecord, TestRecord};
 pub use process::{example_bin, ChildProcess};
-pub use verify::{verify_copy, verify_totals, Report};
 pub use weir_kafka::admin::TopicSpec;
+/// The exactly-once verifier: the `weir-verify` crate.
+pub use weir_verify as verify;
+pub use weir_verify::{verify_copy, verify_totals, Report};
 
 /// The broker shared by every test of this test binary, started on first use.
 ///

@@ -143,7 +143,10 @@ fn setup(features: &Features) -> Result<(), String> {
             install_line(&packages, true)
         ));
     };
-    eprintln!("xtask: installing: {}", install_line(&packages, sudo.is_some()));
+    eprintln!(
+        "xtask: installing: {}",
+        install_line(&packages, sudo.is_some())
+    );
     let run = |args: &[&str]| -> Result<(), String> {
         let mut command = match sudo {
             Some(sudo) => {
@@ -214,6 +217,19 @@ impl System {
         let path = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
+        // Debian's multiarch include directory (/usr/include/x86_64-linux-gnu) holds curl's.
+        let mut include_dirs = vec![
+            PathBuf::from("/usr/include"),
+            PathBuf::from("/usr/local/include"),
+        ];
+        if let Ok(entries) = std::fs::read_dir("/usr/include") {
+            include_dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with("-linux-gnu"))
+                    .map(|e| e.path()),
+            );
+        }
         let mut lib_dirs = Vec::new();
         for base in ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib"] {
             lib_dirs.push(PathBuf::from(base));
@@ -232,10 +248,7 @@ impl System {
         Self {
             path,
             lib_dirs,
-            include_dirs: ["/usr/include", "/usr/local/include"]
-                .iter()
-                .map(PathBuf::from)
-                .collect(),
+            include_dirs,
             libclang_path: std::env::var_os("LIBCLANG_PATH").map(PathBuf::from),
             // With an external cluster the tests and the demo start no local broker.
             use_broker: std::env::var_os("WEIR_KAFKA_BOOTSTRAP").is_none(),
@@ -247,7 +260,9 @@ impl System {
     }
 
     fn has_header(&self, header: &str) -> bool {
-        self.include_dirs.iter().any(|dir| dir.join(header).is_file())
+        self.include_dirs
+            .iter()
+            .any(|dir| dir.join(header).is_file())
     }
 
     fn has_pkg_config(&self, module: &str) -> bool {
@@ -307,9 +322,9 @@ fn is_libclang(file: &str) -> bool {
         return false;
     };
     let version_ok = version.is_empty()
-        || version.strip_prefix('-').is_some_and(|v| {
-            !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')
-        });
+        || version
+            .strip_prefix('-')
+            .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'));
     version_ok && (suffix.is_empty() || suffix.starts_with('.'))
 }
 
@@ -338,7 +353,11 @@ fn missing(features: &Features, sys: &System) -> Vec<Need> {
         "g++",
     );
     need(sys.has_program("make"), "make", "make");
-    need(sys.has_program("cmake"), "cmake (librdkafka's build)", "cmake");
+    need(
+        sys.has_program("cmake"),
+        "cmake (librdkafka's build)",
+        "cmake",
+    );
     need(sys.has_program("pkg-config"), "pkg-config", "pkg-config");
     need(
         sys.has_libclang(),
@@ -484,7 +503,14 @@ mod tests {
         std::fs::create_dir_all(root.join("include/curl")).unwrap();
         std::fs::write(root.join("include/curl/curl.h"), "").unwrap();
         let now = packages(&sys);
-        for p in ["g++", "make", "cmake", "libclang-dev", "libcurl4-openssl-dev", "maven"] {
+        for p in [
+            "g++",
+            "make",
+            "cmake",
+            "libclang-dev",
+            "libcurl4-openssl-dev",
+            "maven",
+        ] {
             assert!(!now.contains(&p), "{p} still in {now:?}");
         }
         std::fs::remove_dir_all(&root).unwrap();

@@ -1,9 +1,6 @@
-//! The runtime side of state: changelog topics, restore, failpoints, and the bookkeeping that
-//! ties a commit's offsets to its state delta (the sequence number in the offsets' metadata).
+//! Changelog topics: created (compacted, one partition per task) and checked at start-up,
+//! and read back into a task's store in a restore (DESIGN.md, "Recovery", `R < K`).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,46 +12,6 @@ use weir_kafka::clients::{client_config, ReaderContext};
 use weir_state::{changelog_topic, StateManager};
 
 use crate::{RestoreObserver, RuntimeError};
-
-/// Crashes the process at a named step of the commit cycle when `WEIR_FAILPOINT` names it
-/// (`name`, or `name:N` for the N-th time the step is reached). Steps: `after_produce`,
-/// `after_send_offsets`, `after_prepare`, `after_commit_transaction`, `after_apply`.
-/// Without the variable this is one atomic load.
-pub(crate) fn failpoint(name: &str) {
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    if reached("WEIR_FAILPOINT", &SPEC, &HITS, name) {
-        eprintln!("weir: failpoint {name} reached: crashing now (WEIR_FAILPOINT)");
-        std::process::abort();
-    }
-}
-
-/// Whether a named step should fail (not crash) this time: `WEIR_FAILPOINT_ERROR`, with the
-/// same `name` or `name:N` syntax as [`failpoint`]. Steps: `background_commit` (a commit
-/// overlapping the next transaction fails as if its flush had timed out).
-pub(crate) fn failpoint_error(name: &str) -> bool {
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let fail = reached("WEIR_FAILPOINT_ERROR", &SPEC, &HITS, name);
-    if fail {
-        eprintln!("weir: failpoint {name} reached: failing it (WEIR_FAILPOINT_ERROR)");
-    }
-    fail
-}
-
-fn reached(
-    var: &str,
-    spec: &OnceLock<Option<(String, u64)>>,
-    hits: &AtomicU64,
-    name: &str,
-) -> bool {
-    let spec = spec.get_or_init(|| {
-        let v = std::env::var(var).ok()?;
-        let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
-        Some((n.to_string(), count.parse().unwrap_or(1)))
-    });
-    matches!(spec, Some((n, at)) if n == name && hits.fetch_add(1, Ordering::SeqCst) + 1 == *at)
-}
 
 /// Creates missing changelog topics (compacted, one partition per task) and checks existing
 /// ones. Blocking.
@@ -207,18 +164,4 @@ pub(crate) fn restore(
     metrics::counter!("weir_restored_records_total").increment(restored);
     tracing::info!(topic, task, restored, took = ?started.elapsed(), "restore finished");
     Ok(end)
-}
-
-/// Groups offsets by task (partition number): `task -> topic -> next offset`.
-pub(crate) fn by_task(
-    positions: &BTreeMap<weir_core::TopicPartition, i64>,
-) -> BTreeMap<i32, BTreeMap<String, i64>> {
-    let mut tasks: BTreeMap<i32, BTreeMap<String, i64>> = BTreeMap::new();
-    for (tp, o) in positions {
-        tasks
-            .entry(tp.partition)
-            .or_default()
-            .insert(tp.topic.clone(), *o);
-    }
-    tasks
 }

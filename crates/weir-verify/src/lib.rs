@@ -1,4 +1,11 @@
-//! The exactly-once verifier for copy pipelines (`mirror`).
+//! weir-verify: the exactly-once verifier shared by weir-testkit (whose tests and examples use it
+//! through `weir_testkit::{verify_copy, verify_totals, Report, ReadRecord}`) and the `weir verify`
+//! command. It only compares records already read; reading them from Kafka is the caller's job
+//! (weir-testkit's `Kafka::read_to_end`, the CLI's reader), helped by
+//! `ReadRecord::from_message` with the `rdkafka` feature.
+//!
+//! It checks copy pipelines (`mirror`, [`verify_copy`]) and the `totals` example
+//! ([`verify_totals`]).
 //!
 //! Input records are identified by `(key, value)`, which test generators keep unique. The
 //! verifier compares the input topic with the output topic, partition by partition, and names
@@ -7,10 +14,12 @@
 //! reads — records a `read_committed` reader saw *during* a run that the final committed log
 //! does not hold at that position ([`Report::check_live_read`]).
 
+mod record;
+
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::io::ReadRecord;
+pub use record::ReadRecord;
 
 type Id = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -130,7 +139,8 @@ impl fmt::Display for Report {
     }
 }
 
-/// Compares a copy's output with its input (both as read with [`crate::Kafka::read_to_end`]).
+/// Compares a copy's output with its input (both read to the end in partition and offset order,
+/// as weir-testkit's `Kafka::read_to_end` and `weir verify`'s reader return them).
 pub fn verify_copy(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
     let mut report = Report {
         input: input.len(),

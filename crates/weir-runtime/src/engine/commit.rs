@@ -1,0 +1,616 @@
+//! The commit cycle (DESIGN.md, "The commit cycle"): its steps are the functions below, in
+//! order.
+//!
+//! ```text
+//!   begin ─> produce (each batch's outputs) ─> ... ─> at the commit point (CommitReason):
+//!       changelog ─> send_offsets ─> prepare ─> commit_txn ─> apply      (exactly_once)
+//!       changelog ─> flush, commit offsets ─> apply                     (at_least_once)
+//!   on a failure (txn::Failure): abort_and_rewind, or stop
+//! ```
+//!
+//! | step | what | fn |
+//! |---|---|---|
+//! | begin | `begin_transaction` (local to the client) | [`Engine::begin`] |
+//! | produce | the operator's outputs into the transaction | [`Engine::produce`] |
+//! | changelog | the final value of each written key, to the task's changelog partition | [`Engine::changelog`] |
+//! | send offsets | `send_offsets_to_transaction(positions, group metadata)` (EOS v2) | [`Engine::send_offsets`] |
+//! | prepare | the state delta and its target offsets, durable, as a pending entry | [`Engine::prepare`] |
+//! | commit | `commit_transaction`: Kafka decides | [`Engine::commit_txn`] |
+//! | apply | state + offsets (R = K) in one atomic write; the pending entry goes | [`Engine::apply`] |
+//! | abort / rewind | abort, drop the uncommitted work, seek back to the committed offsets | [`Engine::abort_and_rewind`] |
+//!
+//! # The mode
+//!
+//! How transactions commit is one [`Mode`], which owns what only it needs: in line (each
+//! transaction commits before the next begins; always so with state stores), overlapped
+//! (`commit.overlap`, stateless exactly_once: transaction n commits in the background on one
+//! producer while n+1 fills on the spare, once n's outputs are acknowledged, so that each
+//! output partition keeps its input order; commits complete in order and a failed one aborts
+//! the next too), or at_least_once (no transactions: offsets commit after every output is
+//! acknowledged).
+//!
+//! The overlapped commit's part that runs on the other producer is in `overlap.rs`. Every
+//! transactional call goes through the `txn` module's one policy; a call's [`Failed`] outcome
+//! takes [`Engine::on_failure`], its one path.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer;
+use rdkafka::TopicPartitionList;
+use weir_core::{Bytes, CommitInfo, Output, TopicPartition};
+use weir_state::{changelog_topic, Marks, StateManager, TaskCommit};
+
+use super::overlap::Committing;
+use super::{to_tpl, Engine, Health};
+use crate::failpoint::failpoint;
+use crate::producer::{drain, WeirProducer};
+use crate::summary::{CommitReason, Wait};
+use crate::threads::blocking;
+use crate::txn::{self, Failed, Failure, CALL_TIMEOUT, WATCHDOG};
+use crate::{telemetry, RuntimeError};
+
+/// Input offsets of a commit, per partition: the offset after the last record processed.
+pub(crate) type Offsets = Vec<(TopicPartition, i64)>;
+
+/// How transactions commit (see the module documentation).
+#[derive(Debug)]
+pub(crate) enum Mode {
+    /// exactly_once: each transaction commits before the next begins.
+    InLine,
+    /// exactly_once with `commit.overlap` (no state stores).
+    Overlapped {
+        /// The producer not in use: the next transaction's. `None` while a transaction commits
+        /// in the background, on it (in `committing`).
+        spare: Option<Arc<WeirProducer>>,
+        /// The transaction committing in the background, on the producer that is not current.
+        /// It is settled before anything else commits or aborts.
+        committing: Option<Committing>,
+    },
+    /// at_least_once: no transactions.
+    AtLeastOnce,
+}
+
+impl Mode {
+    pub(super) fn committing(&self) -> Option<&Committing> {
+        match self {
+            Mode::Overlapped { committing, .. } => committing.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub(super) fn take_committing(&mut self) -> Option<Committing> {
+        match self {
+            Mode::Overlapped { committing, .. } => committing.take(),
+            _ => None,
+        }
+    }
+
+    /// Makes `producer` the spare again, returning the one it replaces.
+    pub(super) fn put_spare(&mut self, producer: Arc<WeirProducer>) -> Option<Arc<WeirProducer>> {
+        match self {
+            Mode::Overlapped { spare, .. } => spare.replace(producer),
+            _ => Some(producer),
+        }
+    }
+}
+
+impl Engine {
+    /// Whether the commit interval has elapsed with work pending (or the state's
+    /// uncommitted-bytes bound is reached).
+    pub(crate) fn commit_due(&self) -> bool {
+        let pending = self.txn_open || !self.positions.is_empty();
+        let state_full = self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.uncommitted_bytes() >= self.config.state_max_uncommitted_bytes);
+        pending && (state_full || self.period_started.elapsed() >= self.config.commit_interval)
+    }
+
+    /// Step 1: `begin_transaction`, when none is open (exactly_once); at_least_once starts a
+    /// commit period.
+    pub(super) async fn begin(&mut self) -> Result<(), RuntimeError> {
+        if !self.exactly_once() {
+            if self.positions.is_empty() && self.pending_out == 0 {
+                self.period_started = Instant::now();
+            }
+            return Ok(());
+        }
+        if self.txn_open {
+            return Ok(());
+        }
+        // begin_transaction is local to the client (no broker round trip), so it is safe here.
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.fatal("begin_transaction", e))?;
+        self.txn_open = true;
+        self.period_started = Instant::now();
+        Ok(())
+    }
+
+    /// Step 2: hands the buffered outputs to the producer (waiting while its queue is full).
+    /// Returns `None` when the transaction had to be aborted instead (the work is replayed).
+    pub(super) async fn produce(&mut self) -> Result<Option<u64>, RuntimeError> {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let mut produced = 0;
+        let mut result = Ok(());
+        let mut aborted: Option<String> = None;
+        let mut queue_full = Duration::ZERO;
+        for mut out in outputs.drain(..) {
+            let named = out.topic.take();
+            let Some(topic) = named.as_deref().or(self.config.output_topic.as_deref()) else {
+                result = Err(RuntimeError::NoOutputTopic);
+                break;
+            };
+            loop {
+                match self.producer.produce(topic, &mut out) {
+                    Ok(()) => break,
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                        let waiting = Instant::now();
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        queue_full += waiting.elapsed();
+                    }
+                    Err(source)
+                        if self.exactly_once()
+                            && source.rdkafka_error_code() == Some(RDKafkaErrorCode::State) =>
+                    {
+                        // The transaction is in the abortable-error state: take the abortable
+                        // path (the abort reveals a fatal cause, if there is one).
+                        aborted = Some(source.to_string());
+                        break;
+                    }
+                    Err(source) if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                        result = Err(self.fatal("produce", source));
+                        break;
+                    }
+                    Err(source) => {
+                        result = Err(RuntimeError::Produce {
+                            topic: topic.to_string(),
+                            partition: out.partition,
+                            source: source.into(),
+                        });
+                        break;
+                    }
+                }
+            }
+            if result.is_err() || aborted.is_some() {
+                break;
+            }
+            produced += 1;
+        }
+        outputs.clear();
+        self.outputs = outputs;
+        if !queue_full.is_zero() {
+            self.waited(Wait::Output, queue_full);
+        }
+        if let Some(cause) = aborted {
+            self.abort_and_rewind("produce", &cause).await?;
+            return Ok(None);
+        }
+        match result {
+            Ok(()) => Ok(Some(produced)),
+            Err(e) => Err(self.stop(e).await),
+        }
+    }
+
+    /// The commit point. Overlapped, an interval commit goes on in the background while the
+    /// next transaction fills on the spare producer; every other commit completes before this
+    /// returns.
+    pub(crate) async fn commit(&mut self, reason: CommitReason) -> Result<(), RuntimeError> {
+        if self.stopped {
+            return Ok(());
+        }
+        if !self.settle_committing().await? {
+            return Ok(());
+        }
+        let overlap = matches!(&self.mode, Mode::Overlapped { spare: Some(_), .. });
+        if overlap && reason == CommitReason::Interval && self.txn_open {
+            // The next transaction's outputs may go out only once every output of this one is
+            // written, so that each output partition keeps the order of its inputs. If the
+            // producer cannot drain now, the commit takes the in-line path. (Holding the next
+            // transaction's outputs in memory instead, so that the main loop never waits here,
+            // was measured on 2026-11-27: no gain, 45 MiB more RSS; see docs/benchmarks.md.)
+            let producer = Arc::clone(&self.producer);
+            if blocking(move || drain(&producer)).await {
+                return self.commit_in_background(reason).await;
+            }
+        }
+        let started = Instant::now();
+        let committed = match self.mode {
+            Mode::AtLeastOnce => self.commit_offsets().await?,
+            Mode::InLine | Mode::Overlapped { .. } => self.commit_in_line().await?,
+        };
+        let Some(offsets) = committed else {
+            return Ok(());
+        };
+        let (records_in, records_out) = (
+            std::mem::take(&mut self.pending_in),
+            std::mem::take(&mut self.pending_out),
+        );
+        self.committed(reason, started, records_in, records_out, offsets)
+            .await
+    }
+
+    /// Steps 3–7 in line. Returns the committed offsets, or `None` when nothing was open (or
+    /// the transaction had to be aborted, in which case the work is replayed).
+    async fn commit_in_line(&mut self) -> Result<Option<Offsets>, RuntimeError> {
+        if !self.txn_open {
+            return Ok(None);
+        }
+        let offsets = self.position_list();
+        if !self.changelog().await? {
+            return Ok(None);
+        }
+        failpoint("after_produce");
+        let (commits, marks) = self.state_commits()?;
+        if !self.send_offsets(&offsets, &marks).await? {
+            return Ok(None);
+        }
+        self.prepare(&commits).await?;
+        if !self.commit_txn().await? {
+            return Ok(None);
+        }
+        self.txn_open = false;
+        self.resume_at
+            .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
+        self.positions.clear();
+        self.publish_committed();
+        self.apply(commits).await?;
+        self.delivery.reset();
+        Ok(Some(offsets))
+    }
+
+    /// Step 3: the uncommitted state writes of changelog stores (the final value of each key)
+    /// into the open transaction. Returns `false` when the transaction was aborted instead.
+    async fn changelog(&mut self) -> Result<bool, RuntimeError> {
+        let Some(state) = &self.state else {
+            return Ok(true);
+        };
+        let app = &self.config.application_id;
+        let mut records = Vec::new();
+        state.for_each_changelog_write(|store, task, key, value| {
+            records.push(Output {
+                topic: Some(changelog_topic(app, store)),
+                partition: Some(task),
+                key: Some(Bytes::copy_from_slice(key)),
+                value: value.map(Bytes::copy_from_slice),
+                ..Output::default()
+            });
+        });
+        if records.is_empty() {
+            return Ok(true);
+        }
+        self.outputs.extend(records);
+        Ok(self.produce().await?.is_some())
+    }
+
+    /// Step 4: the input offsets join the transaction, with the group's generation, so that a
+    /// zombie of this group member is fenced (EOS v2). Returns `false` when aborted instead.
+    async fn send_offsets(
+        &mut self,
+        offsets: &Offsets,
+        marks: &BTreeMap<i32, String>,
+    ) -> Result<bool, RuntimeError> {
+        if offsets.is_empty() {
+            return Ok(true);
+        }
+        let tpl = Arc::new(to_commit_tpl(offsets, marks));
+        let group = Arc::new(self.group_metadata().await?);
+        let sent = txn::call("send_offsets_to_transaction", &self.producer, move |p| {
+            p.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)
+        })
+        .await;
+        if let Err(failed) = sent {
+            return self.on_failure(failed).await;
+        }
+        failpoint("after_send_offsets");
+        Ok(true)
+    }
+
+    /// Step 5: prepare — the delta and its target offsets, durable before Kafka decides.
+    async fn prepare(&mut self, commits: &[TaskCommit]) -> Result<(), RuntimeError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let c = commits.to_vec();
+        if let Some(Err(e)) = self.state_blocking(move |s| s.prepare(&c)).await {
+            return Err(self.stop(e.into()).await);
+        }
+        failpoint("after_prepare");
+        Ok(())
+    }
+
+    /// Step 6: `commit_transaction` — Kafka is the commit point: outputs, offsets and changelog
+    /// records become visible together. Returns `false` when aborted instead.
+    async fn commit_txn(&mut self) -> Result<bool, RuntimeError> {
+        let committed = txn::call("commit_transaction", &self.producer, |p| {
+            drain(p);
+            p.commit_transaction(CALL_TIMEOUT)
+        })
+        .await;
+        if let Err(failed) = committed {
+            return self.on_failure(failed).await;
+        }
+        failpoint("after_commit_transaction");
+        Ok(true)
+    }
+
+    /// Step 7: apply — the committed delta with its offsets and changelog positions.
+    async fn apply(&mut self, commits: Vec<TaskCommit>) -> Result<(), RuntimeError> {
+        if self.state.is_none() {
+            return Ok(());
+        }
+        let prefix = format!("{}-", self.config.application_id);
+        let next: BTreeMap<(String, i32), i64> = self
+            .delivery
+            .take_changelog_offsets()
+            .into_iter()
+            .filter_map(|((topic, p), o)| {
+                let store = topic.strip_prefix(&prefix)?.strip_suffix("-changelog")?;
+                Some(((store.to_string(), p), o + 1))
+            })
+            .collect();
+        match self.state_blocking(move |s| s.apply(&commits, &next)).await {
+            Some(Err(e)) => Err(self.stop(e.into()).await),
+            _ => {
+                failpoint("after_apply");
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a commit: metrics, totals, and the operator's `on_commit`.
+    pub(super) async fn committed(
+        &mut self,
+        reason: CommitReason,
+        started: Instant,
+        records_in: u64,
+        records_out: u64,
+        offsets: Offsets,
+    ) -> Result<(), RuntimeError> {
+        let info = CommitInfo {
+            records_in,
+            records_out,
+            offsets,
+        };
+        telemetry::committed(
+            reason.as_str(),
+            started.elapsed(),
+            info.records_in,
+            info.records_out,
+        );
+        self.totals.commits += 1;
+        self.replacements_in_a_row = 0;
+        self.totals.records_in += info.records_in;
+        self.totals.records_out += info.records_out;
+        self.consecutive_failures = 0;
+        if self.mode.committing().is_none() && !self.txn_open {
+            self.period_started = Instant::now();
+        }
+        if let Err(e) = self.processor.on_commit(&info).await {
+            let err = RuntimeError::Operator {
+                during: "on_commit",
+                message: e.to_string(),
+            };
+            return Err(self.stop(err).await);
+        }
+        Ok(())
+    }
+
+    /// at_least_once: the changelog, every output acknowledged, then the offsets committed to
+    /// the group, then apply.
+    async fn commit_offsets(&mut self) -> Result<Option<Offsets>, RuntimeError> {
+        if self.positions.is_empty() && self.pending_out == 0 {
+            return Ok(None);
+        }
+        if !self.changelog().await? {
+            return Ok(None);
+        }
+        let (commits, marks) = self.state_commits()?;
+        let producer = Arc::clone(&self.producer);
+        let flushed = blocking(move || {
+            drain(&producer);
+            producer.flush(CALL_TIMEOUT)
+        })
+        .await;
+        if let Err(source) = flushed {
+            let err = RuntimeError::Kafka {
+                during: "flush before committing offsets".into(),
+                source: source.into(),
+            };
+            return Err(self.stop(err).await);
+        }
+        if let Some((failed, first)) = self.delivery.failures() {
+            return Err(self.stop(RuntimeError::Delivery { failed, first }).await);
+        }
+        let offsets = self.position_list();
+        if offsets.is_empty() {
+            // Only outputs of a revoke hook were pending: acknowledged, nothing to commit.
+            self.delivery.reset();
+            return Ok(Some(offsets));
+        }
+        let tpl = to_commit_tpl(&offsets, &marks);
+        let consumer = self.consumer();
+        match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
+            Ok(()) => {
+                self.resume_at
+                    .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
+                self.positions.clear();
+                self.publish_committed();
+                self.apply(commits).await?;
+                self.delivery.reset();
+                Ok(Some(offsets))
+            }
+            Err(e) => {
+                // Not fatal: the outputs are acknowledged, and the positions stay to be
+                // committed next time (or the records are reprocessed: at-least-once).
+                telemetry::transient("commit offsets", &e.to_string());
+                Ok(None)
+            }
+        }
+    }
+
+    /// The one path of a failed transactional call (see `txn`): abortable → abort and rewind,
+    /// `Ok(false)`; fatal or stuck → stop (the main loop replaces a producer that a new one
+    /// heals, see `Engine::producer_failed`).
+    pub(super) async fn on_failure(&mut self, failed: Failed) -> Result<bool, RuntimeError> {
+        let Failed { during, failure } = failed;
+        match failure {
+            Failure::Abortable(e) => {
+                self.abort_and_rewind(during, &e.to_string()).await?;
+                Ok(false)
+            }
+            Failure::Fatal(e) => {
+                let err = self.fatal(during, e);
+                Err(self.stop(err).await)
+            }
+            Failure::Stuck => {
+                self.health = Health::Stuck;
+                let err = RuntimeError::Stuck {
+                    during: during.to_string(),
+                    waited: WATCHDOG,
+                };
+                Err(self.stop(err).await)
+            }
+        }
+    }
+
+    /// Abort / rewind: abort the transaction, drop the uncommitted work, tell the operator, and
+    /// have every assigned partition seeked back to its committed offset
+    /// ([`rewind_now`](Self::rewind_now), before the next record is processed).
+    pub(crate) async fn abort_and_rewind(
+        &mut self,
+        during: &'static str,
+        cause: &str,
+    ) -> Result<(), RuntimeError> {
+        // A transaction committing in the background settles first: if it committed, the
+        // rewind goes to its offsets; if it failed, its producer is current again, and aborted
+        // here (only a fatal or stuck failure changes the path: it stops).
+        if let Some(failed) = self.await_committing().await? {
+            if !matches!(failed.failure, Failure::Abortable(_)) {
+                Box::pin(self.on_failure(failed)).await?;
+            }
+        }
+        telemetry::aborted(during, cause);
+        self.totals.aborts += 1;
+        self.abort_open().await?;
+        self.positions.clear();
+        self.outputs.clear();
+        self.pending_in = 0;
+        self.pending_out = 0;
+        self.delivery.reset();
+        if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
+            return Err(self.stop(e.into()).await);
+        }
+        if let Err(e) = self.processor.on_abort().await {
+            let err = RuntimeError::Operator {
+                during: "on_abort",
+                message: e.to_string(),
+            };
+            return Err(self.stop(err).await);
+        }
+        self.rewind_pending.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `abort_transaction` on the current producer, if a transaction is open. An abort that
+    /// fails cannot be aborted: every failure stops (a fatal or stuck one has the producer
+    /// replaced, see `Engine::producer_failed`).
+    pub(super) async fn abort_open(&mut self) -> Result<(), RuntimeError> {
+        if !self.txn_open {
+            return Ok(());
+        }
+        let aborted = txn::call("abort_transaction", &self.producer, |p| {
+            p.abort_transaction(CALL_TIMEOUT)
+        })
+        .await;
+        if let Err(failed) = aborted {
+            let err = match failed.failure {
+                Failure::Abortable(e) | Failure::Fatal(e) => self.fatal("abort_transaction", e),
+                Failure::Stuck => {
+                    self.health = Health::Stuck;
+                    RuntimeError::Stuck {
+                        during: "abort_transaction".into(),
+                        waited: WATCHDOG,
+                    }
+                }
+            };
+            return Err(self.stop(err).await);
+        }
+        self.txn_open = false;
+        Ok(())
+    }
+
+    /// The positions to commit, as a list.
+    pub(super) fn position_list(&self) -> Offsets {
+        self.positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect()
+    }
+
+    /// The consumer's group metadata for `send_offsets_to_transaction` (its generation fences
+    /// zombies); without it, weir stops.
+    pub(super) async fn group_metadata(&mut self) -> Result<ConsumerGroupMetadata, RuntimeError> {
+        match self.consumer().group_metadata() {
+            Some(group) => Ok(group),
+            None => {
+                let err = RuntimeError::Internal(
+                    "the consumer has no group metadata for send_offsets_to_transaction".into(),
+                );
+                Err(self.stop(err).await)
+            }
+        }
+    }
+
+    /// The state side of a commit: per task with new offsets, its next sequence number and
+    /// target offsets; and per task the metadata its committed offsets carry — the sequence
+    /// number (recovery asks Kafka "did this commit happen?", DESIGN.md "Recovery") and the
+    /// task's state generation, if an offset reset with --reset-state set one.
+    pub(super) fn state_commits(
+        &self,
+    ) -> Result<(Vec<TaskCommit>, BTreeMap<i32, String>), RuntimeError> {
+        let mut commits = Vec::new();
+        let mut marks = BTreeMap::new();
+        let Some(state) = &self.state else {
+            return Ok((commits, marks));
+        };
+        for (task, offsets) in by_task(&self.positions) {
+            let meta = state.meta(task)?.unwrap_or_default();
+            let seq = meta.seq + 1;
+            marks.insert(task, Marks::format(seq, meta.reset));
+            commits.push((task, seq, offsets));
+        }
+        Ok((commits, marks))
+    }
+}
+
+/// The offsets to commit, each with its task's metadata (see `Engine::state_commits`).
+pub(super) fn to_commit_tpl(
+    offsets: &Offsets,
+    marks: &BTreeMap<i32, String>,
+) -> TopicPartitionList {
+    let tpl = to_tpl(offsets);
+    for mut e in tpl.elements() {
+        if let Some(m) = marks.get(&e.partition()) {
+            e.set_metadata(m.clone());
+        }
+    }
+    tpl
+}
+
+/// Groups offsets by task (partition number): `task -> topic -> next offset`.
+fn by_task(positions: &BTreeMap<TopicPartition, i64>) -> BTreeMap<i32, BTreeMap<String, i64>> {
+    let mut tasks: BTreeMap<i32, BTreeMap<String, i64>> = BTreeMap::new();
+    for (tp, o) in positions {
+        tasks
+            .entry(tp.partition)
+            .or_default()
+            .insert(tp.topic.clone(), *o);
+    }
+    tasks
+}
