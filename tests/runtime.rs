@@ -747,6 +747,37 @@ fn an_unreachable_broker_is_a_clear_error() {
     );
 }
 
+/// The `kafka.*` passthrough reaches the start-up admin client too: an application set up for
+/// TLS against the plaintext broker fails the start-up check at once, naming the cluster —
+/// before, the check connected without TLS and passed, and the application failed later.
+#[test]
+fn the_kafka_passthrough_reaches_the_start_up_check() {
+    let kafka = shared();
+    let (input, output) = (unique("tls-in"), unique("tls-out"));
+    kafka.create_topic(&input, 1);
+    kafka.create_topic(&output, 1);
+    let started = std::time::Instant::now();
+    let err = InProcess::start(
+        config(kafka, &unique("tls"), &input, &output)
+            .kafka("security.protocol", "ssl")
+            .build()
+            .unwrap(),
+        Mirror,
+    )
+    .join()
+    .expect_err("TLS against a plaintext listener must fail");
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot reach the Kafka cluster"),
+        "the start-up check failed: {message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exactly_once() {
     let kafka = shared();

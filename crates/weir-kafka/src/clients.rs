@@ -234,6 +234,17 @@ mod tests {
         assert_eq!(set.get("linger.ms"), Some("7"));
     }
 
+    #[test]
+    fn every_other_client_gets_the_kafka_passthrough() {
+        let c = client_config(&config(
+            "kafka.\"security.protocol\" = \"ssl\"\nconsumer.\"fetch.min.bytes\" = \"7\"",
+        ));
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        assert_eq!(c.get("bootstrap.servers"), Some("localhost:9092"));
+        // Only `kafka.*`: the consumer's own properties stay the consumer's.
+        assert_eq!(c.get("fetch.min.bytes"), None);
+    }
+
     /// Kerberos and OIDC are opt-in features (docs/operations.md): without them librdkafka
     /// refuses the configuration when the client is created, naming the mechanism.
     #[test]

@@ -25,6 +25,7 @@ use weir_core::{AppInfo, Config, Guarantee, Processor, Record, RestoreProgress};
 use weir_kafka::admin::Admin;
 use weir_kafka::clients::consumer_config;
 
+use crate::changelog::RestoreObserver;
 use crate::engine::{Engine, WeirConsumer};
 use crate::producer::DeliveryState;
 use crate::rebalance::RebalanceHandler;
@@ -53,9 +54,6 @@ pub struct App {
     config: Arc<Config>,
     restore_observer: Option<RestoreObserver>,
 }
-
-/// A function told how each state restore progresses (see [`App::on_restore_progress`]).
-pub type RestoreObserver = Arc<dyn Fn(&RestoreProgress) + Send + Sync>;
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -11,7 +11,10 @@ use weir_kafka::admin::{Admin, TopicSpec};
 use weir_kafka::clients::{client_config, ReaderContext};
 use weir_state::{changelog_topic, StateManager};
 
-use crate::{RestoreObserver, RuntimeError};
+use crate::RuntimeError;
+
+/// A function told how each state restore progresses (see `App::on_restore_progress`).
+pub type RestoreObserver = std::sync::Arc<dyn Fn(&RestoreProgress) + Send + Sync>;
 
 /// Creates missing changelog topics (compacted, one partition per task) and checks existing
 /// ones. Blocking.

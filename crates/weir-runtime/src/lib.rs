@@ -40,6 +40,7 @@ mod telemetry;
 mod threads;
 mod txn;
 
-pub use app::{App, RestoreObserver};
+pub use app::App;
+pub use changelog::RestoreObserver;
 pub use error::RuntimeError;
 pub use summary::{RunSummary, Waits};

@@ -299,7 +299,7 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Held;
 
-    /// Runs on the producer's thread; `_value` (an uncopied value, see the `produce` module)
+    /// Runs on the producer's thread; `_value` (an uncopied value, see the module documentation)
     /// is released when this returns.
     fn delivery(&self, result: &DeliveryResult<'_>, _value: Held) {
         if let (Ok(message), true) = (result, self.0.tracking.load(Ordering::Relaxed)) {

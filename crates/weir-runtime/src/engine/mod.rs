@@ -70,7 +70,8 @@ use crate::rebalance::{RebalanceHandler, RebalanceListener};
 use crate::summary::{CommitReason, RunSummary, Wait};
 use crate::threads::{blocking, detached};
 use crate::txn::{CALL_TIMEOUT, WATCHDOG};
-use crate::{telemetry, RestoreObserver, RuntimeError};
+use crate::changelog::RestoreObserver;
+use crate::{telemetry, RuntimeError};
 use commit::Mode;
 use failure::Health;
 
