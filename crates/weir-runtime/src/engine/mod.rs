@@ -65,12 +65,12 @@ use weir_core::{
 };
 use weir_state::StateManager;
 
+use crate::changelog::RestoreObserver;
 use crate::producer::{DeliveryState, WeirProducer};
 use crate::rebalance::{RebalanceHandler, RebalanceListener};
 use crate::summary::{CommitReason, RunSummary, Wait};
 use crate::threads::{blocking, detached};
 use crate::txn::{CALL_TIMEOUT, WATCHDOG};
-use crate::changelog::RestoreObserver;
 use crate::{telemetry, RuntimeError};
 use commit::Mode;
 use failure::Health;
