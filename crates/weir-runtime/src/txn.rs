@@ -121,7 +121,10 @@ where
             })
             .expect("spawning a thread for a Kafka call");
         match rx.recv_timeout(WATCHDOG) {
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("a Kafka call on a detached thread panicked")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 return Err(Failed {
                     during,
                     failure: Failure::Stuck,

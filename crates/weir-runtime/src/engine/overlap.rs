@@ -176,11 +176,11 @@ impl Engine {
         Ok(Some(failed))
     }
 
-    /// Lets a background commit end either way while stopping (a restart resumes from
-    /// whatever Kafka decided).
+    /// Lets a background commit end either way while stopping, waiting at most [`WATCHDOG`]
+    /// (a restart resumes from whatever Kafka decided).
     pub(super) async fn let_background_commit_end(&mut self) {
         if let Some(c) = self.mode.take_committing() {
-            if tokio::time::timeout(WATCHDOG * 2, c.task).await.is_err() {
+            if tokio::time::timeout(WATCHDOG, c.task).await.is_err() {
                 tracing::warn!("commit_transaction did not return while stopping; the broker aborts the transaction after transaction.timeout.ms unless it committed");
             }
             self.mode.put_spare(c.producer);
