@@ -111,7 +111,8 @@ struct Need {
 
 fn setup(features: &Features) -> Result<(), String> {
     let started = Instant::now();
-    let missing = missing(features, &System::real());
+    let sys = System::real();
+    let missing = missing(features, &sys);
     if missing.is_empty() {
         eprintln!(
             "xtask: set-up: everything the build needs is present ({} ms)",
@@ -122,7 +123,7 @@ fn setup(features: &Features) -> Result<(), String> {
     let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
     let whats: Vec<&str> = missing.iter().map(|n| n.what).collect();
     eprintln!("xtask: set-up: missing {}", whats.join(", "));
-    if !on_path("apt-get") {
+    if !sys.has_program("apt-get") {
         return Err(format!(
             "xtask: this is not a Debian-like system (no apt-get). Install these (Debian's names: \
              {}), then run the command again.",
@@ -179,6 +180,7 @@ fn setup(features: &Features) -> Result<(), String> {
     let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
     install.extend(&packages);
     run(&install)?;
+    // Scanned again: the install adds library directories (/usr/lib/llvm-14/lib).
     let still = self::missing(features, &System::real());
     if !still.is_empty() {
         let whats: Vec<&str> = still.iter().map(|n| n.what).collect();
@@ -405,10 +407,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn on_path(program: &str) -> bool {
-    System::real().has_program(program)
 }
 
 #[cfg(test)]

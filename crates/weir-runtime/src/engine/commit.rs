@@ -255,13 +255,20 @@ impl Engine {
             return Ok(None);
         }
         self.txn_open = false;
+        self.offsets_committed(commits).await?;
+        Ok(Some(offsets))
+    }
+
+    /// The offsets are committed (in the transaction, or to the group): they are where
+    /// reading resumes, the lag gauge learns them, and the state applies (step 7).
+    async fn offsets_committed(&mut self, commits: Vec<TaskCommit>) -> Result<(), RuntimeError> {
         self.resume_at
             .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
         self.positions.clear();
         self.publish_committed();
         self.apply(commits).await?;
         self.delivery.reset();
-        Ok(Some(offsets))
+        Ok(())
     }
 
     /// Step 3: the uncommitted state writes of changelog stores (the final value of each key)
@@ -437,12 +444,7 @@ impl Engine {
         let consumer = self.consumer();
         match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
             Ok(()) => {
-                self.resume_at
-                    .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
-                self.positions.clear();
-                self.publish_committed();
-                self.apply(commits).await?;
-                self.delivery.reset();
+                self.offsets_committed(commits).await?;
                 Ok(Some(offsets))
             }
             Err(e) => {
