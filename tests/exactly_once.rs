@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::group::feed;
 use common::*;
 use rand::Rng;
-use weir_testkit::{example_bin, shared, verify_copy, ChildProcess, Isolation, Kafka};
+use weir_testkit::{example_command, shared, verify_copy, ChildProcess, Isolation, Kafka};
 
 const PARTITIONS: i32 = 4;
 const PER_PARTITION: usize = 15_000; // 60,000 records in all
@@ -40,7 +40,7 @@ fn mirror_cmd_every(
 ) -> Command {
     let log =
         std::fs::File::create(state.with_extension(format!("run{run}.log"))).expect("log file");
-    let mut cmd = Command::new(example_bin("mirror"));
+    let mut cmd = example_command("mirror");
     cmd.args(["--bootstrap-servers", kafka.bootstrap_servers()])
         .args([
             "--application-id",
@@ -104,7 +104,7 @@ fn feed_from(
 /// and no transaction left open on it.
 fn assert_exact_copy(kafka: &Kafka, input: &str, output: &str, what: &str) {
     let report = verify_copy(
-        &kafka.read_to_end(input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(input),
         &kafka.read_to_end(output, Isolation::ReadCommitted),
     );
     assert!(report.is_exactly_once(), "{what}: {report}");
@@ -122,6 +122,9 @@ fn mirror_is_exactly_once_across_sigkills() {
     let state = state_dir();
     let records = numbered(PARTITIONS, PER_PARTITION);
     let total = records.len();
+    // A read_committed consumer of the output during the kills: it must never see a record of
+    // an aborted transaction, go backwards, or skip a committed record.
+    let live = kafka.live_reader(&output);
 
     // Input keeps arriving while the pipeline is killed and restarted: 5,000 up front, the
     // rest in chunks from a second thread.
@@ -174,12 +177,15 @@ fn mirror_is_exactly_once_across_sigkills() {
         started.elapsed()
     );
 
-    let input_records = kafka.read_to_end(&input, Isolation::ReadCommitted);
+    let input_records = kafka.read_acknowledged(&input);
+    let live = live.finish(kafka);
     let committed = kafka.read_to_end(&output, Isolation::ReadCommitted);
     let uncommitted = kafka.read_to_end(&output, Isolation::ReadUncommitted);
     assert_eq!(input_records.len(), total);
-    let report = verify_copy(&input_records, &committed);
+    let mut report = verify_copy(&input_records, &committed);
+    report.check_live_read(&live, &committed);
     assert!(report.is_exactly_once(), "{report}");
+    assert_eq!(report.live, committed.len(), "{report}");
     // The kills landed inside open transactions: their records are in the log, aborted.
     assert!(
         uncommitted.len() > committed.len(),

@@ -6,14 +6,16 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use weir_testkit::{example_bin, shared, unique, ChildProcess, Isolation, Kafka, TestRecord};
+use weir_testkit::metrics::{free_address, sample, scrape, try_scrape};
+use weir_testkit::{
+    example_command, shared, unique, ChildProcess, Isolation, Kafka, OutputWithin, TestRecord,
+};
 
 fn run_to_exit(example: &str, args: &[&str]) -> Output {
-    Command::new(example_bin(example))
+    example_command(example)
         .args(args)
         .env("RUST_LOG", "error")
-        .output()
-        .expect("run example")
+        .output_within(Duration::from_secs(120))
 }
 
 fn etl_cmd(kafka: &Kafka, app: &str, input: &str, output: &str, extra: &[&str]) -> Command {
@@ -33,7 +35,7 @@ fn example_cmd(
     output: &str,
     extra: &[&str],
 ) -> Command {
-    let mut cmd = Command::new(example_bin(example));
+    let mut cmd = example_command(example);
     cmd.args([
         "--bootstrap-servers",
         kafka.bootstrap_servers(),
@@ -120,9 +122,7 @@ fn etl_with_poison_policy_fail_exits_non_zero_naming_the_record() {
     let kafka = shared();
     let (input, output, app) = topics(kafka, "etl-fail", 1);
     orders(&input, kafka);
-    let out = etl_cmd(kafka, &app, &input, &output, &[])
-        .output()
-        .expect("run etl");
+    let out = etl_cmd(kafka, &app, &input, &output, &[]).output_within(Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "etl must fail on the poison record");
     assert!(
@@ -206,10 +206,19 @@ fn bad_configuration_is_refused_with_the_key_and_what_to_do() {
 fn at_least_once_mirror_loses_nothing_across_sigkills() {
     let kafka = shared();
     let (input, output, app) = topics(kafka, "alo-kill", 3);
-    kafka.produce(&input, numbered(3, 10_000));
+    // Input keeps arriving, so every incarnation has work when it is killed.
+    let feeder = {
+        let input = input.clone();
+        std::thread::spawn(move || {
+            for chunk in numbered(3, 10_000).chunks(1_500) {
+                shared().produce(&input, chunk.to_vec());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
     let state = state_dir();
     let start = || {
-        let mut cmd = Command::new(example_bin("mirror"));
+        let mut cmd = example_command("mirror");
         cmd.args([
             "--bootstrap-servers",
             kafka.bootstrap_servers(),
@@ -230,12 +239,33 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         .stderr(std::process::Stdio::null());
         ChildProcess::spawn("mirror", cmd)
     };
+    // A kill lands mid-work when the output holds copies whose input offsets are not yet
+    // committed: those are the copies a restart repeats.
+    let uncommitted_copies = || {
+        let copied: i64 = kafka
+            .end_offsets(&output, Isolation::ReadUncommitted)
+            .values()
+            .sum();
+        let committed: i64 = kafka
+            .committed_offsets(&app, &input)
+            .values()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        copied - committed
+    };
     let mut mirror = start();
+    let mut ahead_at_kills = Vec::new();
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(700));
+        wait_for(
+            "copies ahead of the committed offsets",
+            Duration::from_secs(60),
+            || uncommitted_copies() > 0,
+        );
         mirror.kill();
+        ahead_at_kills.push(uncommitted_copies());
         mirror = start();
     }
+    feeder.join().expect("feeder");
     wait_committed(
         "offsets at the end",
         Duration::from_secs(90),
@@ -246,7 +276,7 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
     );
     assert!(mirror.terminate(Duration::from_secs(30)).success());
     let report = weir_testkit::verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(&input),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     // at_least_once: duplicates are allowed after a crash, losses are not.
@@ -254,8 +284,13 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         report.lost.is_empty() && report.unexpected.is_empty() && report.misplaced.is_empty(),
         "{report}"
     );
+    // The kills landed mid-work, so the restarts repeated what was copied but not committed.
+    assert!(
+        !report.duplicated.is_empty(),
+        "3 SIGKILLs with {ahead_at_kills:?} uncommitted copies repeated nothing: {report}"
+    );
     eprintln!(
-        "at_least_once after 3 SIGKILLs: {} duplicated records (allowed), 0 lost",
+        "at_least_once after 3 SIGKILLs ({ahead_at_kills:?} copies uncommitted at each): {} duplicated records (allowed), 0 lost",
         report.duplicated.len()
     );
 }
@@ -263,12 +298,11 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
 #[test]
 fn demo_survives_its_kills_and_restores_lost_state_from_the_changelog() {
     let kafka = shared();
-    let out = Command::new(example_bin("demo"))
+    let out = example_command("demo")
         .args(["--bootstrap-servers", kafka.bootstrap_servers()])
         .args(["--records", "20000", "--kills", "1", "--accounts", "5000"])
         .env("RUST_LOG", "error")
-        .output()
-        .expect("run the demo");
+        .output_within(Duration::from_secs(300));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -298,44 +332,6 @@ fn demo_survives_its_kills_and_restores_lost_state_from_the_changelog() {
     assert_eq!(restored.len(), 3, "{stdout}");
     assert!(restored.iter().all(|&n| n > 0), "{stdout}");
     assert!(stdout.contains("✔ exactly once with state"), "{stdout}");
-}
-
-/// GETs `http://{address}/metrics`.
-fn scrape(address: &str) -> String {
-    try_scrape(address).expect("connect to the metrics endpoint")
-}
-
-/// GETs `http://{address}/metrics`; `None` while nothing listens there yet.
-fn try_scrape(address: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(address).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    Some(body)
-}
-
-/// The value of the first sample of `metric` whose line contains every one of `labels`
-/// (comma-separated).
-fn sample(text: &str, metric: &str, labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric} ")) || l.starts_with(&format!("{metric}{{")))
-        .filter(|l| labels.split(',').all(|label| l.contains(label)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// A local address nobody listens on (for `metrics.address`).
-fn free_address() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
 }
 
 #[test]
@@ -497,8 +493,7 @@ fn metrics_are_served_for_prometheus_and_move_with_the_pipeline() {
         &output,
         &["--set", &format!("metrics.address={addr}")],
     )
-    .output()
-    .unwrap();
+    .output_within(Duration::from_secs(120));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

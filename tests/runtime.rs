@@ -45,7 +45,7 @@ fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
     let lived = started.elapsed();
 
     let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(&input),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     assert!(report.is_exactly_once(), "{report}");
@@ -89,7 +89,7 @@ fn a_full_producer_queue_is_waited_out_and_counted_as_output_waits() {
     let summary = running.stop().expect("clean stop");
 
     let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(&input),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     assert!(report.is_exactly_once(), "{report}");
@@ -248,10 +248,7 @@ fn an_operator_error_aborts_and_nothing_of_it_is_visible() {
     assert_eq!(summary.aborts, 1);
     let committed = kafka.read_to_end(&output, Isolation::ReadCommitted);
     let everything = kafka.read_to_end(&output, Isolation::ReadUncommitted);
-    let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
-        &committed,
-    );
+    let report = verify_copy(&kafka.read_acknowledged(&input), &committed);
     assert!(report.is_exactly_once(), "{report}");
     assert!(
         everything.len() > committed.len(),
@@ -313,7 +310,7 @@ fn values_of_every_size_and_their_headers_arrive_intact_across_an_abort() {
     assert_eq!(aborts.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     let out = kafka.read_to_end(&output, Isolation::ReadCommitted);
-    let report = verify_copy(&kafka.read_to_end(&input, Isolation::ReadCommitted), &out);
+    let report = verify_copy(&kafka.read_acknowledged(&input), &out);
     assert!(report.is_exactly_once(), "{report}");
     for r in &out {
         let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
@@ -380,7 +377,7 @@ fn a_second_incarnation_fences_the_first() {
     );
     second.stop().expect("clean stop");
     let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(&input),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     assert!(report.is_exactly_once(), "{report}");
@@ -534,10 +531,7 @@ fn at_least_once_commits_offsets_after_the_outputs_without_transactions() {
     let everything = kafka.read_to_end(&output, Isolation::ReadUncommitted);
     // No transactions: no markers, nothing hidden; and a clean run copies each record once.
     assert_eq!(committed, everything);
-    let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
-        &committed,
-    );
+    let report = verify_copy(&kafka.read_acknowledged(&input), &committed);
     assert!(report.is_exactly_once(), "{report}");
 }
 
@@ -832,7 +826,7 @@ fn a_second_instance_joining_makes_the_first_commit_on_revoke_and_both_stay_exac
         "the second instance got partitions: {b:?}"
     );
     let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(&input),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     assert!(report.is_exactly_once(), "{report}");
@@ -885,7 +879,7 @@ fn the_kip848_consumer_protocol_shares_partitions_and_stays_exactly_once() {
         "the broker gave the second instance partitions: {b:?}"
     );
     let report = verify_copy(
-        &kafka.read_to_end(&input, Isolation::ReadCommitted),
+        &kafka.read_acknowledged(&input),
         &kafka.read_to_end(&output, Isolation::ReadCommitted),
     );
     assert!(report.is_exactly_once(), "{report}");
@@ -982,7 +976,7 @@ fn committing_offsets_before_processing_loses_records_and_after_does_not() {
         raw_copy(&input, &output, &group, commit_first, Some(40)); // crash after 40 of 100
         raw_copy(&input, &output, &group, commit_first, None); // restart, run to the end
         let report = verify_copy(
-            &kafka.read_to_end(&input, Isolation::ReadCommitted),
+            &kafka.read_acknowledged(&input),
             &kafka.read_to_end(&output, Isolation::ReadCommitted),
         );
         if commit_first {
@@ -1055,7 +1049,7 @@ fn a_transaction_the_second_producer_left_open_is_aborted_at_start_up() {
         );
         running.stop().expect("clean stop");
         let report = verify_copy(
-            &kafka.read_to_end(&input, Isolation::ReadCommitted),
+            &kafka.read_acknowledged(&input),
             &kafka.read_to_end(&output, Isolation::ReadCommitted),
         );
         assert!(report.is_exactly_once(), "overlap = {overlap}: {report}");
@@ -1066,4 +1060,134 @@ fn a_transaction_the_second_producer_left_open_is_aborted_at_start_up() {
         );
         drop(leftover);
     }
+}
+
+/// Records, at each commit, how many records it had processed below each committed offset, so
+/// that the test can check afterwards, knowing every input record's offset, that the committed
+/// offsets stepped over transaction markers and aborted records only, never over a record not
+/// yet processed.
+struct Recording {
+    processed: std::collections::BTreeSet<(i32, i64)>,
+    /// `(partition, committed offset, records processed below it)` per commit.
+    commits: std::sync::Arc<std::sync::Mutex<Vec<(i32, i64, usize)>>>,
+}
+
+#[async_trait]
+impl Processor for Recording {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        for r in batch {
+            self.processed.insert((r.partition, r.offset));
+            ctx.emit(r.forward());
+        }
+        Ok(())
+    }
+
+    async fn on_commit(&mut self, info: &weir::CommitInfo) -> Result<(), ProcessError> {
+        let mut commits = self.commits.lock().unwrap();
+        for (tp, committed) in &info.offsets {
+            let below = self
+                .processed
+                .range((tp.partition, 0)..(tp.partition, *committed))
+                .count();
+            commits.push((tp.partition, *committed, below));
+        }
+        Ok(())
+    }
+}
+
+/// On input written in transactions (any exactly-once producer, weir included) every
+/// transaction ends with a marker the application never sees. When all input is processed the
+/// committed offsets step over the trailing markers, so the group's lag is 0 — also when a
+/// marker arrives in a later fetch than its transaction's records (here: fetches of one record
+/// batch, and batches that end at a transaction's last record) — and they never pass a record
+/// not yet processed. Records of aborted upstream transactions never reach the output.
+#[test]
+fn committed_offsets_step_over_transaction_markers_so_lag_reaches_zero() {
+    let kafka = shared();
+    let (input, output, app) = topics(kafka, "markers", 2);
+    let transaction = |t: usize| -> Vec<TestRecord> {
+        (0..2)
+            .flat_map(|p| (0..200).map(move |i| TestRecord::new(p, format!("k{p}-{t}-{i}"), "v")))
+            .collect()
+    };
+    // Round 1 before the start: 4 transactions, the third aborted.
+    let (mut committed, mut aborted) =
+        kafka.produce_transactions(&input, (0..4).map(transaction).collect(), |t| t == 2);
+    let commits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output)
+            .set("max.batch.records", 200)
+            .set("consumer.max.partition.fetch.bytes", "64")
+            .build()
+            .unwrap(),
+        Recording {
+            processed: Default::default(),
+            commits: std::sync::Arc::clone(&commits),
+        },
+    );
+    let at_log_end = |what: &str| {
+        let ends = kafka.end_offsets(&input, Isolation::ReadUncommitted);
+        let want: std::collections::BTreeMap<i32, Option<i64>> =
+            ends.iter().map(|(p, e)| (*p, Some(*e))).collect();
+        wait_for(what, Duration::from_secs(60), || {
+            kafka.committed_offsets(&app, &input) == want
+        });
+        ends
+    };
+    let ends = at_log_end("the committed offsets to reach the log end, past the last marker");
+    // The last data record of each partition is followed by its transaction's marker.
+    for (p, end) in &ends {
+        let last = committed
+            .iter()
+            .filter(|r| r.partition == *p)
+            .map(|r| r.offset)
+            .max();
+        assert_eq!(
+            last,
+            Some(end - 2),
+            "partition {p}: a marker after the last record"
+        );
+    }
+    // Round 2, into the running application: 3 more transactions, the last one aborted, so
+    // the log ends with an abort marker over records the application never sees.
+    let (c2, a2) =
+        kafka.produce_transactions(&input, (4..7).map(transaction).collect(), |t| t == 6);
+    committed.extend(c2);
+    aborted.extend(a2);
+    at_log_end("the committed offsets to reach the log end again, past an aborted transaction");
+    let summary = running.stop().expect("clean stop");
+
+    // Never past a record not yet processed: at each commit, every committed upstream record
+    // below the committed offset had been processed.
+    let commits = commits.lock().unwrap().clone();
+    assert!(!commits.is_empty());
+    for (p, offset, processed_below) in &commits {
+        let records_below = committed
+            .iter()
+            .filter(|r| r.partition == *p && r.offset < *offset)
+            .count();
+        assert_eq!(
+            records_below, *processed_below,
+            "partition {p}: committed offset {offset} with {records_below} records before it, of which {processed_below} were processed"
+        );
+    }
+    let out = kafka.read_to_end(&output, Isolation::ReadCommitted);
+    let report = verify_copy(&kafka.read_acknowledged(&input), &out);
+    assert!(report.is_exactly_once(), "{report}");
+    assert_eq!(out.len(), committed.len());
+    let aborted_keys: std::collections::HashSet<_> = aborted.iter().map(|r| &r.key).collect();
+    assert!(
+        out.iter().all(|r| !aborted_keys.contains(&r.key)),
+        "a record of an aborted upstream transaction reached the output"
+    );
+    assert_eq!(summary.records_in as usize, committed.len());
+    eprintln!(
+        "{} commits; committed offsets at the log end {ends:?} (past the markers); {} aborted upstream records never output",
+        commits.len(),
+        aborted.len()
+    );
 }

@@ -5,12 +5,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use rand::Rng;
-use weir_testkit::{example_bin, shared, unique, verify_totals, ChildProcess, Isolation, Kafka};
+use weir_testkit::{
+    example_command, shared, unique, verify_totals, ChildProcess, Isolation, Kafka, LiveReader,
+    OutputWithin,
+};
 
 struct Totals<'a> {
     kafka: &'a Kafka,
@@ -18,6 +21,8 @@ struct Totals<'a> {
     input: String,
     output: String,
     dead_letters: Option<String>,
+    /// The log of every run so far, oldest first.
+    logs: std::cell::RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl Totals<'_> {
@@ -28,6 +33,7 @@ impl Totals<'_> {
             input: unique("pay"),
             output: unique("tot"),
             dead_letters: None,
+            logs: Default::default(),
         };
         kafka.create_topic(&t.input, partitions);
         kafka.create_topic(&t.output, partitions);
@@ -35,9 +41,10 @@ impl Totals<'_> {
     }
 
     fn start(&self, state: &Path, failpoint: Option<&str>) -> ChildProcess {
-        let log =
-            std::fs::File::create(state.with_extension(format!("{}.log", unique("run")))).unwrap();
-        let mut cmd = Command::new(example_bin("totals"));
+        let path = state.with_extension(format!("{}.log", unique("run")));
+        let log = std::fs::File::create(&path).unwrap();
+        self.logs.borrow_mut().push(path);
+        let mut cmd = example_command("totals");
         cmd.args([
             "--bootstrap-servers",
             self.kafka.bootstrap_servers(),
@@ -80,14 +87,25 @@ impl Totals<'_> {
             .end_offsets(&self.input, Isolation::ReadCommitted)
     }
 
-    fn verify(&self) {
-        let input = self
-            .kafka
-            .read_to_end(&self.input, Isolation::ReadCommitted);
+    /// What the latest run wrote to its log.
+    fn last_log(&self) -> String {
+        let path = self.logs.borrow().last().cloned().expect("a run");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+    }
+
+    /// The output checked against the acknowledged input; what a live `read_committed` reader
+    /// saw during the run, if there was one; no transaction left open.
+    fn verify_with(&self, live: Option<LiveReader>) {
+        let input = self.kafka.read_acknowledged(&self.input);
+        let live = live.map(|l| l.finish(self.kafka));
         let output = self
             .kafka
             .read_to_end(&self.output, Isolation::ReadCommitted);
-        let report = verify_totals(&input, &output);
+        let mut report = verify_totals(&input, &output);
+        if let Some(live) = &live {
+            report.check_live_read(live, &output);
+            assert!(report.live > 0, "the live reader saw nothing");
+        }
         assert!(report.is_exactly_once(), "{report}");
         let changelog = format!("{}-totals-changelog", self.app);
         for topic in [&self.output, &changelog] {
@@ -98,6 +116,10 @@ impl Totals<'_> {
             );
         }
     }
+
+    fn verify(&self) {
+        self.verify_with(None);
+    }
 }
 
 #[test]
@@ -106,6 +128,7 @@ fn totals_is_exactly_once_across_sigkills() {
     let t = Totals::new(kafka, 3);
     let records = payments(60_000, 24_000, 3, 7);
     let state = state_dir();
+    let live = kafka.live_reader(&t.output);
     kafka.produce(&t.input, records[..10_000].to_vec());
     let producer = {
         let (input, rest) = (t.input.clone(), records[10_000..].to_vec());
@@ -126,7 +149,7 @@ fn totals_is_exactly_once_across_sigkills() {
     producer.join().unwrap();
     t.wait_done(&t.ends());
     assert!(totals.terminate(Duration::from_secs(30)).success());
-    t.verify();
+    t.verify_with(Some(live));
 }
 
 #[test]
@@ -152,8 +175,17 @@ fn a_crash_at_every_step_of_the_commit_cycle_recovers_in_step() {
             std::thread::sleep(Duration::from_millis(150));
         }
         let status = crashing.wait(Duration::from_secs(60));
+        // The failpoint's own words, and the abort(3) it announces: not any other crash.
+        let log = t.last_log();
         assert!(
-            !status.success(),
+            log.contains(&format!(
+                "weir: failpoint {failpoint} reached: crashing now"
+            )),
+            "{failpoint}: the process ended ({status}) without reaching its failpoint:\n{log}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
             "{failpoint}: the failpoint did not crash the process ({status})"
         );
         kafka.produce(
@@ -220,7 +252,7 @@ fn offsets_rewound_behind_weirs_back_are_refused() {
     assert!(totals.terminate(Duration::from_secs(30)).success());
 
     kafka.set_committed_offsets(&t.app, &t.input, &[(0, 10), (1, 0)]);
-    let out = Command::new(example_bin("totals"))
+    let out = example_command("totals")
         .args([
             "--bootstrap-servers",
             kafka.bootstrap_servers(),
@@ -231,8 +263,7 @@ fn offsets_rewound_behind_weirs_back_are_refused() {
         .arg("--state-dir")
         .arg(&state)
         .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must refuse to run: {stderr}");
     assert!(

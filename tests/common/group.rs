@@ -2,13 +2,13 @@
 //! with the checks every scale-out and fault scenario ends with.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use weir_testkit::{
-    example_bin, unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka, LiveReader,
-    Report, TestRecord,
+    example_command, unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka,
+    LiveReader, Report, TestRecord,
 };
 
 use super::{state_dir, wait_for};
@@ -68,7 +68,7 @@ impl AppGroup {
             self.dirs[i].with_extension(format!("i{i}.run{}.log", self.runs)),
         )
         .expect("log file");
-        let mut cmd = Command::new(example_bin(self.example));
+        let mut cmd = example_command(self.example);
         cmd.args(["--bootstrap-servers", &self.bootstrap])
             .args(["--application-id", &self.app])
             .args(["--input-topic", &self.input, "--output-topic", &self.output])
@@ -151,7 +151,7 @@ impl AppGroup {
     /// open on the output or a changelog, and the consumer group empty. Returns the report.
     pub fn verify(&self, kafka: &Kafka, check: Check, live: LiveReader) -> Report {
         let live = live.finish(kafka);
-        let input = kafka.read_to_end(&self.input, Isolation::ReadCommitted);
+        let input = kafka.read_acknowledged(&self.input);
         let output = kafka.read_to_end(&self.output, Isolation::ReadCommitted);
         let mut report = match check {
             Check::Copy => verify_copy(&input, &output),

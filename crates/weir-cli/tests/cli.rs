@@ -2,21 +2,21 @@
 //! examples), including the refusals and error messages.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_testkit::{
-    example_bin, shared, unique, verify_totals, ChildProcess, Isolation, Kafka, TestRecord,
+    command, example_command, shared, unique, verify_totals, ChildProcess, Isolation, Kafka,
+    OutputWithin, TestRecord,
 };
 
 /// Runs `weir` against the shared broker.
 fn weir(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    command(env!("CARGO_BIN_EXE_weir"))
         .args(["--bootstrap-servers", shared().bootstrap_servers()])
         .args(args)
-        .output()
-        .expect("run weir")
+        .output_within(Duration::from_secs(120))
 }
 
 fn stdout(o: &Output) -> String {
@@ -106,7 +106,7 @@ impl Pipeline {
     }
 
     fn start(&self) -> ChildProcess {
-        let mut cmd = Command::new(example_bin(self.example));
+        let mut cmd = example_command(self.example);
         cmd.args(["--bootstrap-servers", shared().bootstrap_servers()])
             .args(["--application-id", &self.app])
             .args(["--input-topic", &self.input, "--output-topic", &self.output])
@@ -227,6 +227,81 @@ fn groups_describe_and_lag_show_a_live_pipeline_and_reset_is_refused_while_it_ru
     }
     let text = ok(&["lag", "--group", &p.app]);
     assert!(text.contains("total lag 300"), "{text}");
+}
+
+/// Input written in transactions (an exactly-once upstream) ends with a transaction marker
+/// after its last record, and here with an aborted transaction: once the pipeline has
+/// processed everything, `weir offsets describe`, `weir lag` and the `weir_consumer_lag` gauge
+/// all say 0 — the committed offsets stepped over the markers (KAFKA-6607).
+#[test]
+fn lag_reaches_zero_on_input_written_in_transactions() {
+    use weir_testkit::metrics::{free_address, sample, try_scrape};
+    let kafka = shared();
+    let p = Pipeline::new(kafka, "mirror", 2);
+    let txn = |t: usize| -> Vec<TestRecord> {
+        (0..2)
+            .flat_map(|part| (0..100).map(move |i| TestRecord::new(part, format!("k{t}-{i}"), "v")))
+            .collect()
+    };
+    let (committed, _) =
+        kafka.produce_transactions(&p.input, (0..4).map(txn).collect(), |t| t == 3);
+    let address = free_address();
+    let mut cmd = example_command(p.example);
+    cmd.args(["--bootstrap-servers", shared().bootstrap_servers()])
+        .args(["--application-id", &p.app])
+        .args(["--input-topic", &p.input, "--output-topic", &p.output])
+        .arg("--state-dir")
+        .arg(&p.state_dir)
+        .args(["--commit-interval-ms", "100"])
+        .args(["--set", &format!("metrics.address={address}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    let pipeline = ChildProcess::spawn(p.example, cmd);
+    let log_end = kafka.end_offsets(&p.input, Isolation::ReadUncommitted);
+    wait_for(
+        "the committed offsets to reach the log end",
+        Duration::from_secs(60),
+        || {
+            let c = kafka.committed_offsets(&p.app, &p.input);
+            log_end
+                .iter()
+                .all(|(part, e)| c.get(part).copied().flatten() == Some(*e))
+        },
+    );
+    let d = json(&["offsets", "describe", "--group", &p.app]);
+    assert_eq!(d["total_lag"], 0, "{d}");
+    for row in d["partitions"].as_array().unwrap() {
+        let part = row["partition"].as_i64().unwrap() as i32;
+        assert_eq!(row["committed"], log_end[&part], "{row}");
+        assert_eq!(row["lag"], 0, "{row}");
+    }
+    let text = ok(&["lag", "--group", &p.app]);
+    assert!(text.contains("total lag 0"), "{text}");
+    // The gauge: the partition's last stable offset minus the committed offset, from the
+    // consumer's statistics (every statistics.interval.ms).
+    wait_for(
+        "the lag gauge to say 0 on both partitions",
+        Duration::from_secs(30),
+        || {
+            let Some(text) = try_scrape(&address) else {
+                return false;
+            };
+            (0..2).all(|part| {
+                sample(
+                    &text,
+                    "weir_consumer_lag",
+                    &format!("partition=\"{part}\",topic=\"{}\"", p.input),
+                ) == Some(0.0)
+            })
+        },
+    );
+    assert!(pipeline.terminate(Duration::from_secs(30)).success());
+    let out = kafka.read_to_end(&p.output, Isolation::ReadCommitted);
+    assert_eq!(
+        out.len(),
+        committed.len(),
+        "the aborted transaction's records are not copied"
+    );
 }
 
 #[test]
@@ -400,7 +475,7 @@ fn bad_input_gets_a_clear_error() {
         "{e}"
     );
 
-    let o = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let o = command(env!("CARGO_BIN_EXE_weir"))
         .args([
             "--bootstrap-servers",
             "127.0.0.1:1",
@@ -409,8 +484,7 @@ fn bad_input_gets_a_clear_error() {
             "groups",
             "list",
         ])
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(120));
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("cannot reach the Kafka cluster at 127.0.0.1:1"),
@@ -525,7 +599,7 @@ fn a_stateful_reset_needs_reset_state_and_then_totals_restart_from_the_new_posit
     let totals = p.start();
     p.wait_caught_up(kafka);
     assert!(totals.terminate(Duration::from_secs(30)).success());
-    let input = kafka.read_to_end(&p.input, Isolation::ReadCommitted);
+    let input = kafka.read_acknowledged(&p.input);
     let output = kafka.read_to_end(&p.output, Isolation::ReadCommitted);
     let from_400 = after(&input, &[(0, 400), (1, 400), (2, 400)].into());
     let new_output = after(&output, &out_ends);

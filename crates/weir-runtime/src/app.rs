@@ -327,7 +327,10 @@ async fn main_loop(
         // No poll is in flight here: a rewind asked for after the batch's last poll is made
         // now, and the batch, all from before it, dropped.
         match engine.rewind_now().await {
-            Ok(true) => polled.records.clear(),
+            Ok(true) => {
+                polled.records.clear();
+                polled.ends.clear();
+            }
             Ok(false) => {}
             Err(e) => break Err(e),
         }
@@ -370,6 +373,7 @@ async fn step(engine: &mut Engine, polled: &mut poll::Polled) -> Result<(), Runt
     }
     engine.settle_if_finished().await?;
     engine.process(&polled.records).await?;
+    engine.step_over_markers(&polled.ends).await?;
     if engine.commit_due() {
         let waiting = std::time::Instant::now();
         let committed = engine.commit(CommitReason::Interval).await;

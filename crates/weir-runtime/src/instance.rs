@@ -36,14 +36,35 @@ pub(crate) fn resolve(config: &Config) -> Result<(String, StateDirLock), Runtime
         .open(&lock_path)
         .map_err(io(&lock_path))?;
     if file.try_lock().is_err() {
+        // The holder wrote who it is into the lock file (a read ignores the advisory lock).
+        let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+        let holder = match holder.trim() {
+            "" => "another weir process".to_string(),
+            h => format!("another weir process ({h})"),
+        };
         return Err(RuntimeError::StateDir {
             path: dir,
-            source: std::io::Error::other(
-                "another weir process of this application is using this state directory; give \
-                 each instance its own state.dir",
-            ),
+            source: std::io::Error::other(format!(
+                "{holder} of this application is using this state directory; give each \
+                 instance its own state.dir, or stop that process first"
+            )),
         });
     }
+    let mut file = file;
+    // Who holds the lock, for the refusal a second process gets.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let _ = file.set_len(0).and_then(|()| {
+        write!(
+            file,
+            "pid {} on {}, since unix time {started}",
+            std::process::id(),
+            host.trim()
+        )
+    });
     let lock = StateDirLock { _file: file };
 
     if let Some(id) = &config.instance_id {

@@ -32,6 +32,13 @@ use crate::rebalance::{RebalanceHandler, RebalanceListener};
 pub(crate) struct Polled {
     pub(crate) records: Vec<Record>,
     pub(crate) error: Option<KafkaError>,
+    /// The consumer's position in each assigned partition right after the batch's last poll:
+    /// past every record of the batch and of earlier batches, and past the transaction
+    /// markers (and aborted records) the consumer read over, which are never handed to the
+    /// application. Once the batch is processed, nothing before these offsets is unprocessed
+    /// (see `Engine::step_over_markers`). Empty when the batch ended on a revocation or a
+    /// rewind (then records polled were dropped, and the positions are not all processed).
+    pub(crate) ends: Vec<(TopicPartition, i64)>,
 }
 
 /// Polls one batch into `records`, the buffer of a batch processed earlier: its capacity is
@@ -58,8 +65,10 @@ pub(crate) fn poll_batch<L: RebalanceListener>(
     let mut polled = Polled {
         records,
         error: None,
+        ends: Vec::new(),
     };
     let mut timeout = wait;
+    let mut ends_valid = true;
     while polled.records.len() < max {
         let before = handler.revocations.load(Ordering::SeqCst);
         let next = consumer.poll(timeout);
@@ -71,6 +80,7 @@ pub(crate) fn poll_batch<L: RebalanceListener>(
             if let Some(Err(e)) = next {
                 polled.error = Some(e);
             }
+            ends_valid = false;
             break;
         }
         if handler.revocations.load(Ordering::SeqCst) != before {
@@ -86,6 +96,7 @@ pub(crate) fn poll_batch<L: RebalanceListener>(
             } else if let Some(Err(e)) = next {
                 polled.error = Some(e);
             }
+            ends_valid = false;
             break;
         }
         match next {
@@ -97,7 +108,27 @@ pub(crate) fn poll_batch<L: RebalanceListener>(
             }
         }
     }
+    if ends_valid {
+        polled.ends = positions(consumer.as_ref());
+    }
     polled
+}
+
+/// The consumer's positions (offset of the next message it will hand over) in its assigned
+/// partitions, where it has one.
+fn positions<C: Consumer<H>, H: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+) -> Vec<(TopicPartition, i64)> {
+    let Ok(list) = consumer.position() else {
+        return Vec::new();
+    };
+    list.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The batch's topic names, one `Arc<str>` per topic. Records come in runs of one partition,

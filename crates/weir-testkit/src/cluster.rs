@@ -200,9 +200,10 @@ fn docker_answers() -> bool {
     let socket =
         std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists();
     socket
-        && Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        && crate::process::try_output_within(
+            Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
+            std::time::Duration::from_secs(30),
+        )
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }

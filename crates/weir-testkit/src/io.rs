@@ -4,19 +4,45 @@
 //! them, since a test cannot go on anyway.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use weir_kafka::admin::TopicSpec;
 use weir_kafka::clients::{base_config, ReaderContext};
 pub use weir_verify::ReadRecord;
 
 use crate::Kafka;
+
+/// The test kit's acknowledged sends, by topic (topic names are unique per test).
+static ACKED: Mutex<BTreeMap<String, Vec<ReadRecord>>> = Mutex::new(BTreeMap::new());
+
+/// One delivery report: `(record index, partition, offset, timestamp)` or the error.
+type Ack = Result<(usize, i32, i64, Option<i64>), (usize, String)>;
+
+/// Collects the delivery reports of [`Kafka::produce`].
+#[derive(Default)]
+struct AckContext {
+    acks: Mutex<Vec<Ack>>,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, i: usize) {
+        let ack = match result {
+            Ok(m) => Ok((i, m.partition(), m.offset(), m.timestamp().to_millis())),
+            Err((e, m)) => Err((i, format!("{e} (partition {})", m.partition()))),
+        };
+        self.acks.lock().expect("acks").push(ack);
+    }
+}
 
 /// A record to produce.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,23 +106,32 @@ impl Kafka {
             .unwrap_or_else(|e| panic!("creating topic {name}: {e}"));
     }
 
-    /// Produces records (idempotent, acks=all) and waits until all are acknowledged.
-    pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = TestRecord>) {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            base_config(self.bootstrap_servers())
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "5")
-                .set("queue.buffering.max.messages", "1000000")
-                .create()
-                .expect("test producer");
-        for r in records {
+    /// Produces records (idempotent, acks=all), waits until all are acknowledged, and returns
+    /// them as the broker acknowledged them (partition, offset, timestamp). A send the broker
+    /// did not acknowledge fails the test: the acknowledged sends are the tests' ground truth
+    /// ([`acknowledged`](Self::acknowledged), [`read_acknowledged`](Self::read_acknowledged)),
+    /// as in Kafka's own transaction system tests.
+    pub fn produce(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = TestRecord>,
+    ) -> Vec<ReadRecord> {
+        let records: Vec<TestRecord> = records.into_iter().collect();
+        let producer: ThreadedProducer<AckContext> = base_config(self.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(AckContext::default())
+            .expect("test producer");
+        for (i, r) in records.iter().enumerate() {
             let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
                 h.insert(Header {
                     key: k,
                     value: v.as_deref(),
                 })
             });
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+            let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, i).headers(headers);
             if let Some(p) = r.partition {
                 rec = rec.partition(p);
             }
@@ -123,6 +158,169 @@ impl Kafka {
         producer
             .flush(Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("flushing records to {topic}: {e}"));
+        let acks = std::mem::take(&mut *producer.context().acks.lock().expect("acks"));
+        let mut acked = Vec::with_capacity(records.len());
+        for ack in acks {
+            match ack {
+                Ok((i, partition, offset, timestamp)) => acked.push(ReadRecord {
+                    partition,
+                    offset,
+                    key: records[i].key.clone(),
+                    value: records[i].value.clone(),
+                    headers: records[i].headers.clone(),
+                    timestamp,
+                }),
+                Err((i, e)) => panic!(
+                    "the broker did not acknowledge record #{i} sent to {topic}: {e}; the test's ground truth is the acknowledged sends"
+                ),
+            }
+        }
+        assert_eq!(
+            acked.len(),
+            records.len(),
+            "{} of {} records sent to {topic} have no delivery report",
+            records.len() - acked.len(),
+            records.len()
+        );
+        ACKED
+            .lock()
+            .expect("acked")
+            .entry(topic.to_string())
+            .or_default()
+            .extend(acked.iter().cloned());
+        acked
+    }
+
+    /// Produces `transactions` to `topic` as an exactly-once upstream would: one transaction
+    /// each, committed, or aborted where `abort(i)` says so. Returns the acknowledged records of
+    /// the committed transactions (the ground truth, as for [`produce`](Self::produce)) and of
+    /// the aborted ones (what a `read_committed` reader must never see). The log ends with a
+    /// transaction marker.
+    pub fn produce_transactions(
+        &self,
+        topic: &str,
+        transactions: Vec<Vec<TestRecord>>,
+        abort: impl Fn(usize) -> bool,
+    ) -> (Vec<ReadRecord>, Vec<ReadRecord>) {
+        let timeout = Duration::from_secs(30);
+        let producer: ThreadedProducer<AckContext> = base_config(self.bootstrap_servers())
+            .set("transactional.id", unique("weir-testkit-upstream"))
+            .set("linger.ms", "5")
+            .create_with_context(AckContext::default())
+            .expect("transactional test producer");
+        producer
+            .init_transactions(timeout)
+            .unwrap_or_else(|e| panic!("init_transactions for {topic}: {e}"));
+        let (mut committed, mut aborted) = (Vec::new(), Vec::new());
+        for (t, records) in transactions.into_iter().enumerate() {
+            producer
+                .begin_transaction()
+                .unwrap_or_else(|e| panic!("begin_transaction for {topic}: {e}"));
+            for (i, r) in records.iter().enumerate() {
+                let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(topic, i);
+                if let Some(p) = r.partition {
+                    rec = rec.partition(p);
+                }
+                if let Some(k) = r.key.as_deref() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = r.value.as_deref() {
+                    rec = rec.payload(v);
+                }
+                producer
+                    .send(rec)
+                    .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+            }
+            producer
+                .flush(timeout)
+                .unwrap_or_else(|e| panic!("flushing transaction #{t} to {topic}: {e}"));
+            let acks = std::mem::take(&mut *producer.context().acks.lock().expect("acks"));
+            let acked: Vec<ReadRecord> = acks
+                .into_iter()
+                .map(|ack| match ack {
+                    Ok((i, partition, offset, timestamp)) => ReadRecord {
+                        partition,
+                        offset,
+                        key: records[i].key.clone(),
+                        value: records[i].value.clone(),
+                        headers: Vec::new(),
+                        timestamp,
+                    },
+                    Err((i, e)) => panic!(
+                        "the broker did not acknowledge record #{i} of transaction #{t} to {topic}: {e}"
+                    ),
+                })
+                .collect();
+            if abort(t) {
+                producer
+                    .abort_transaction(timeout)
+                    .unwrap_or_else(|e| panic!("aborting transaction #{t} on {topic}: {e}"));
+                aborted.extend(acked);
+            } else {
+                producer
+                    .commit_transaction(timeout)
+                    .unwrap_or_else(|e| panic!("committing transaction #{t} on {topic}: {e}"));
+                committed.extend(acked);
+            }
+        }
+        ACKED
+            .lock()
+            .expect("acked")
+            .entry(topic.to_string())
+            .or_default()
+            .extend(committed.iter().cloned());
+        (committed, aborted)
+    }
+
+    /// Every record the test kit's [`produce`](Self::produce) got acknowledged on `topic` (by any
+    /// [`Kafka`] handle of this process), in partition and offset order.
+    pub fn acknowledged(&self, topic: &str) -> Vec<ReadRecord> {
+        let mut acked = ACKED
+            .lock()
+            .expect("acked")
+            .get(topic)
+            .cloned()
+            .unwrap_or_default();
+        acked.sort_by_key(|r| (r.partition, r.offset));
+        acked
+    }
+
+    /// Reads `topic` to its end (`read_committed`) and checks it against the acknowledged sends:
+    /// every acknowledged record at its offset with its key, value and headers, and nothing the
+    /// test did not send. Returns what was read (with the log's timestamps), the ground truth
+    /// to verify an application's output against.
+    ///
+    /// # Panics
+    ///
+    /// When nothing was produced to `topic` through [`produce`](Self::produce), or the log
+    /// differs from the acknowledged sends (naming the first difference).
+    pub fn read_acknowledged(&self, topic: &str) -> Vec<ReadRecord> {
+        let acked = self.acknowledged(topic);
+        assert!(
+            !acked.is_empty(),
+            "no acknowledged sends to {topic}: produce its records with Kafka::produce"
+        );
+        let read = self.read_to_end(topic, Isolation::ReadCommitted);
+        let same = |a: &ReadRecord, r: &ReadRecord| {
+            (a.partition, a.offset, &a.key, &a.value, &a.headers)
+                == (r.partition, r.offset, &r.key, &r.value, &r.headers)
+        };
+        if let Some(i) =
+            (0..acked.len().max(read.len())).find(|&i| match (acked.get(i), read.get(i)) {
+                (Some(a), Some(r)) => !same(a, r),
+                _ => true,
+            })
+        {
+            panic!(
+                "{topic} does not hold what the broker acknowledged: {} acknowledged, {} read; first difference at #{i}: acknowledged {:?}, read {:?}",
+                acked.len(),
+                read.len(),
+                acked.get(i).map(|r| (r.partition, r.offset, r.key_text())),
+                read.get(i).map(|r| (r.partition, r.offset, r.key_text())),
+            );
+        }
+        read
     }
 
     /// `(partition → end offset)`: the last stable offset under `read_committed`, the high

@@ -18,13 +18,16 @@
 mod cluster;
 pub mod io;
 pub mod local;
+pub mod metrics;
 pub mod process;
 
 use std::sync::OnceLock;
 
 pub use cluster::{Backend, Kafka, StartError};
 pub use io::{unique, Isolation, LiveReader, ReadRecord, TestRecord};
-pub use process::{example_bin, ChildProcess};
+pub use process::{
+    command, example_bin, example_command, output_within, ChildProcess, OutputWithin,
+};
 pub use weir_kafka::admin::TopicSpec;
 /// The exactly-once verifier: the `weir-verify` crate.
 pub use weir_verify as verify;
@@ -36,6 +39,7 @@ pub use weir_verify::{verify_copy, verify_totals, Report};
 ///
 /// When no backend can start, with the reason and what to install or set.
 pub fn shared() -> &'static Kafka {
+    refuse_inherited_failpoints();
     static SHARED: OnceLock<Result<Kafka, String>> = OnceLock::new();
     let kafka = SHARED.get_or_init(|| {
         Kafka::start()
@@ -51,5 +55,19 @@ pub fn shared() -> &'static Kafka {
     match kafka {
         Ok(k) => k,
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// The failpoints are read by the runtime in the test process itself (in-process tests), which
+/// [`command`] cannot scrub: a `WEIR_FAILPOINT` left in the shell would crash or fail tests that
+/// never asked for it. Refuse to run instead.
+fn refuse_inherited_failpoints() {
+    for var in ["WEIR_FAILPOINT", "WEIR_FAILPOINT_ERROR"] {
+        if let Some(v) = std::env::var_os(var) {
+            panic!(
+                "{var}={} is set in the environment of the tests; the tests set their own failpoints: unset it",
+                v.to_string_lossy()
+            );
+        }
     }
 }

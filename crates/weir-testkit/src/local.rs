@@ -26,6 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::process::try_output_within;
 use crate::StartError;
 
 /// The Apache Kafka version the local backend runs.
@@ -473,9 +474,7 @@ fn find_java() -> Result<PathBuf, StartError> {
         .map(|h| PathBuf::from(h).join("bin/java"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("java"));
-    let out = Command::new(&java)
-        .arg("-version")
-        .output()
+    let out = try_output_within(Command::new(&java).arg("-version"), Duration::from_secs(60))
         .map_err(|e| StartError::Missing {
             tool: "Java 17+".into(),
             detail: format!("`{} -version` failed: {e}", java.display()),
@@ -501,15 +500,14 @@ fn find_java() -> Result<PathBuf, StartError> {
 }
 
 fn run_java(java: &Path, classpath: &str, args: &[&str]) -> Result<String, StartError> {
-    let out = Command::new(java)
-        .arg("-cp")
-        .arg(classpath)
-        .args(args)
-        .output()
-        .map_err(|e| StartError::Local {
-            what: format!("running {}", args.join(" ")),
-            detail: e.to_string(),
-        })?;
+    let out = try_output_within(
+        Command::new(java).arg("-cp").arg(classpath).args(args),
+        Duration::from_secs(180),
+    )
+    .map_err(|e| StartError::Local {
+        what: format!("running {}", args.join(" ")),
+        detail: e,
+    })?;
     if !out.status.success() {
         return Err(StartError::Local {
             what: format!("`java {}` failed ({})", args.join(" "), out.status),
@@ -559,18 +557,21 @@ pub fn ensure_kafka_jars() -> Result<PathBuf, StartError> {
         "weir-testkit: fetching Apache Kafka {KAFKA_VERSION} from Maven Central into {} (once)",
         libs.display()
     );
-    let out = Command::new("mvn")
-        .args(["-B", "-q", "-f"])
-        .arg(&pom)
-        .arg("dependency:copy-dependencies")
-        .arg(format!("-DoutputDirectory={}", staging.display()))
-        .arg("-DincludeScope=runtime")
-        .arg(format!("-Dkafka.version={KAFKA_VERSION}"))
-        .output()
-        .map_err(|e| StartError::Missing {
-            tool: "Maven (mvn)".into(),
-            detail: format!("running mvn failed: {e}"),
-        })?;
+    // A deadline, so a stalled download fails the set-up instead of hanging it.
+    let out = try_output_within(
+        Command::new("mvn")
+            .args(["-B", "-q", "-f"])
+            .arg(&pom)
+            .arg("dependency:copy-dependencies")
+            .arg(format!("-DoutputDirectory={}", staging.display()))
+            .arg("-DincludeScope=runtime")
+            .arg(format!("-Dkafka.version={KAFKA_VERSION}")),
+        Duration::from_secs(900),
+    )
+    .map_err(|e| StartError::Missing {
+        tool: "Maven (mvn)".into(),
+        detail: format!("running mvn failed: {e}"),
+    })?;
     if !out.status.success() {
         return Err(StartError::Local {
             what: format!("`mvn dependency:copy-dependencies` for Kafka {KAFKA_VERSION} failed ({})", out.status),

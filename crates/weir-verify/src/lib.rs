@@ -10,9 +10,12 @@
 //! Input records are identified by `(key, value)`, which test generators keep unique. The
 //! verifier compares the input topic with the output topic, partition by partition, and names
 //! every anomaly by class: duplicated records, lost records, records in the wrong partition,
-//! partitions whose order differs from the input's, wrong aggregates (`totals`), and aborted
-//! reads — records a `read_committed` reader saw *during* a run that the final committed log
-//! does not hold at that position ([`Report::check_live_read`]).
+//! partitions whose order differs from the input's, copies whose headers or timestamp differ
+//! from their input's, wrong aggregates (`totals`), and what a `read_committed` reader saw
+//! *during* a run ([`Report::check_live_read`]): aborted reads (records the final committed log
+//! does not hold at that position), reads that went backwards (nonmonotonic), and committed
+//! records it skipped over (poll-skip) — the anomaly classes of Jepsen's Kafka checker that a
+//! single consumer can show.
 
 mod record;
 
@@ -57,9 +60,16 @@ pub struct Report {
     pub reordered: Vec<String>,
     /// Outputs whose content is wrong (a `totals` aggregate that does not match the input).
     pub wrong: Vec<String>,
+    /// Copies whose headers or timestamp differ from their input's.
+    pub altered: Vec<String>,
     /// Records a `read_committed` reader saw during the run that are not in the committed log
     /// at that position: records of aborted (or never committed) transactions.
     pub aborted_reads: Vec<String>,
+    /// Partitions where the live reader saw an offset at or below one it had already seen.
+    pub nonmonotonic: Vec<String>,
+    /// Committed records the live reader stepped over: it saw a later offset of their
+    /// partition, or finished, without ever seeing them.
+    pub skipped: Vec<String>,
     /// How many records the live reader saw (0 when there was none).
     pub live: usize,
 }
@@ -74,20 +84,37 @@ impl Report {
             && self.misplaced.is_empty()
             && self.reordered.is_empty()
             && self.wrong.is_empty()
+            && self.altered.is_empty()
             && self.aborted_reads.is_empty()
+            && self.nonmonotonic.is_empty()
+            && self.skipped.is_empty()
     }
 
     /// Compares what a `read_committed` reader saw during the run (`live`) with the final
     /// `read_committed` read of the same topic (`committed`): every record seen live must be
     /// in the committed log at the same partition and offset, with the same key and value.
-    /// Anything else was read from a transaction that did not commit.
+    /// Anything else was read from a transaction that did not commit. Per partition, its
+    /// offsets must rise (else *nonmonotonic*), and it must have seen every committed record
+    /// (else *poll-skip*): the reader reads every partition from the beginning to the end.
     pub fn check_live_read(&mut self, live: &[ReadRecord], committed: &[ReadRecord]) {
         let at: HashMap<(i32, i64), &ReadRecord> = committed
             .iter()
             .map(|r| ((r.partition, r.offset), r))
             .collect();
         self.live = live.len();
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        let mut seen: std::collections::HashSet<(i32, i64)> = std::collections::HashSet::new();
         for r in live {
+            if let Some(&prev) = last.get(&r.partition) {
+                if r.offset <= prev {
+                    self.nonmonotonic.push(format!(
+                        "partition {}: offset {} read after offset {prev}",
+                        r.partition, r.offset
+                    ));
+                }
+            }
+            last.insert(r.partition, r.offset);
+            seen.insert((r.partition, r.offset));
             match at.get(&(r.partition, r.offset)) {
                 Some(c) if id(c) == id(r) => {}
                 Some(c) => self.aborted_reads.push(format!(
@@ -100,6 +127,16 @@ impl Report {
                     .push(format!("{} seen live, not in the committed log", show(r))),
             }
         }
+        for c in committed {
+            if !seen.contains(&(c.partition, c.offset)) {
+                let after = match last.get(&c.partition) {
+                    Some(&l) if l > c.offset => format!("it read p{}@{l}", c.partition),
+                    _ => "it finished".to_string(),
+                };
+                self.skipped
+                    .push(format!("{} never seen live, though {after}", show(c)));
+            }
+        }
     }
 }
 
@@ -107,7 +144,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} input records, {} output records ({} read live): {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered, {} wrong, {} aborted reads",
+            "{} input records, {} output records ({} read live): {} duplicated, {} lost, {} unexpected, {} misplaced, {} partitions reordered, {} wrong, {} altered, {} aborted reads, {} nonmonotonic, {} skipped",
             self.input,
             self.output,
             self.live,
@@ -117,7 +154,10 @@ impl fmt::Display for Report {
             self.misplaced.len(),
             self.reordered.len(),
             self.wrong.len(),
-            self.aborted_reads.len()
+            self.altered.len(),
+            self.aborted_reads.len(),
+            self.nonmonotonic.len(),
+            self.skipped.len()
         )?;
         for (name, list) in [
             ("duplicated", &self.duplicated),
@@ -126,7 +166,10 @@ impl fmt::Display for Report {
             ("misplaced", &self.misplaced),
             ("reordered", &self.reordered),
             ("wrong", &self.wrong),
+            ("altered", &self.altered),
             ("aborted read", &self.aborted_reads),
+            ("nonmonotonic", &self.nonmonotonic),
+            ("skipped", &self.skipped),
         ] {
             for item in list.iter().take(20) {
                 writeln!(f, "  {name}: {item}")?;
@@ -159,7 +202,23 @@ pub fn verify_copy(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
                     .misplaced
                     .push(format!("{} (input in p{})", show(r), i.partition));
             }
-            Some(_) => {}
+            Some(i) => {
+                if i.headers != r.headers {
+                    report.altered.push(format!(
+                        "{}: headers {:?}, the input's {:?}",
+                        show(r),
+                        r.headers,
+                        i.headers
+                    ));
+                } else if i.timestamp != r.timestamp {
+                    report.altered.push(format!(
+                        "{}: timestamp {:?}, the input's {:?}",
+                        show(r),
+                        r.timestamp,
+                        i.timestamp
+                    ));
+                }
+            }
         }
     }
     for (count, r) in seen.values() {
@@ -323,6 +382,8 @@ mod tests {
             key: Some(b"k".to_vec()),
             value: Some(v.as_bytes().to_vec()),
             headers: vec![],
+            // A timestamp that travels with the value, as a copy keeps it.
+            timestamp: Some(v.bytes().map(i64::from).sum()),
         }
     }
 
@@ -333,6 +394,7 @@ mod tests {
             key: Some(key.as_bytes().to_vec()),
             value: Some(value.as_bytes().to_vec()),
             headers: vec![],
+            timestamp: None,
         }
     }
 
@@ -399,6 +461,57 @@ mod tests {
         assert_eq!(r.aborted_reads.len(), 2, "{r}");
         assert!(!r.is_exactly_once());
         assert!(r.to_string().contains("aborted read: k=b (p0@1)"), "{r}");
+    }
+
+    #[test]
+    fn live_reads_that_go_backwards_or_skip_are_named() {
+        let committed = vec![
+            rec(0, 0, "a"),
+            rec(0, 1, "b"),
+            rec(0, 2, "c"),
+            rec(1, 0, "d"),
+        ];
+        let mut r = verify_copy(&committed, &committed);
+        r.check_live_read(&committed, &committed);
+        assert!(r.is_exactly_once(), "{r}");
+        // p0: read 0, 2, then 1 again after 2 (backwards); p1 never read (skipped at the end).
+        r.check_live_read(
+            &[rec(0, 0, "a"), rec(0, 2, "c"), rec(0, 1, "b")],
+            &committed,
+        );
+        assert_eq!(
+            r.nonmonotonic,
+            vec!["partition 0: offset 1 read after offset 2".to_string()],
+            "{r}"
+        );
+        assert_eq!(r.skipped.len(), 1, "{r}");
+        assert!(r.skipped[0].starts_with("k=d (p1@0)"), "{r}");
+        // p0: 0 then 2, never 1: a poll-skip.
+        let mut r = verify_copy(&committed, &committed);
+        r.check_live_read(
+            &[rec(0, 0, "a"), rec(0, 2, "c"), rec(1, 0, "d")],
+            &committed,
+        );
+        assert_eq!(
+            r.skipped,
+            vec!["k=b (p0@1) never seen live, though it read p0@2".to_string()],
+            "{r}"
+        );
+        assert!(!r.is_exactly_once());
+    }
+
+    #[test]
+    fn copies_with_other_headers_or_timestamps_are_named() {
+        let input = vec![rec(0, 0, "a"), rec(0, 1, "b")];
+        let mut headers = rec(0, 0, "a");
+        headers.headers = vec![("h".into(), Some(b"1".to_vec()))];
+        let mut stamp = rec(0, 1, "b");
+        stamp.timestamp = Some(7);
+        let r = verify_copy(&input, &[headers, stamp]);
+        assert_eq!(r.altered.len(), 2, "{r}");
+        assert!(r.altered[0].contains("headers"), "{r}");
+        assert!(r.altered[1].contains("timestamp Some(7)"), "{r}");
+        assert!(!r.is_exactly_once());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct ReadRecord {
     pub value: Option<Vec<u8>>,
     /// Headers.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record timestamp (milliseconds since the epoch), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl ReadRecord {
@@ -34,6 +36,7 @@ impl ReadRecord {
                         .collect()
                 })
                 .unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
         }
     }
 

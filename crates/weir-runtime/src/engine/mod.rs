@@ -51,10 +51,12 @@ mod overlap;
 mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
@@ -286,17 +288,34 @@ impl Engine {
         for task_batch in task_runs(batch) {
             let task = task_batch[0].partition;
             let ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
-            result = match self.state.as_mut() {
+            // A panic in the operator is a fatal operator error (the open transaction is
+            // aborted, nothing of it is committed), not a crash of the runtime's task.
+            let run = match self.state.as_mut() {
                 Some(state) => {
                     let mut access = state.access(task);
                     let mut ctx = ctx.with_state(&mut access);
-                    self.processor.process(task_batch, &mut ctx).await
+                    AssertUnwindSafe(self.processor.process(task_batch, &mut ctx))
+                        .catch_unwind()
+                        .await
                 }
                 None => {
                     let mut ctx = ctx;
-                    self.processor.process(task_batch, &mut ctx).await
+                    AssertUnwindSafe(self.processor.process(task_batch, &mut ctx))
+                        .catch_unwind()
+                        .await
                 }
             };
+            result = run.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                let at = task_batch[0].coordinates();
+                Err(ProcessError::fatal(format!(
+                    "the operator panicked on the batch starting at {at}: {what}"
+                )))
+            });
             if result.is_err() {
                 break;
             }
@@ -375,6 +394,42 @@ impl Engine {
         };
         *total += took;
         telemetry::waited(on, took);
+    }
+
+    /// After a batch is processed: moves the position of each assigned partition to where the
+    /// consumer stands once it had polled that batch (`ends`, see `poll::Polled::ends`), when
+    /// that is further than the last record processed — the consumer read over transaction
+    /// markers (or aborted records) that the application never sees. So when all input is
+    /// processed the committed offsets step over a trailing marker and the lag is 0, on input
+    /// written in transactions too (Kafka Streams did the same for KAFKA-6607). Every record
+    /// before `ends` was in this batch or an earlier one, so this never commits past a record
+    /// not yet processed. Nothing moves after an abort (a rewind is pending) or a stop.
+    pub(crate) async fn step_over_markers(
+        &mut self,
+        ends: &[(TopicPartition, i64)],
+    ) -> Result<(), RuntimeError> {
+        if self.stopped || self.rewind_pending.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let further: Vec<(TopicPartition, i64)> = ends
+            .iter()
+            .filter(|(tp, end)| {
+                self.assigned.contains(tp)
+                    && self
+                        .positions
+                        .get(tp)
+                        .or_else(|| self.resume_at.get(tp))
+                        .is_some_and(|known| end > known)
+            })
+            .cloned()
+            .collect();
+        if further.is_empty() {
+            return Ok(());
+        }
+        // Markers only: an offsets-only transaction (or offset commit) at the commit point.
+        self.begin().await?;
+        self.positions.extend(further);
+        Ok(())
     }
 
     /// Moves the position of `record`'s partition to `next`, unless it is already past it.
