@@ -189,7 +189,7 @@ fn bad_configuration_is_refused_with_the_key_and_what_to_do() {
         "{stderr}"
     );
     assert!(
-        stderr.contains(file.to_str().unwrap()) || stderr.contains("--config"),
+        stderr.contains(&format!("key in {} (--config)", file.display())),
         "{stderr}"
     );
 
@@ -232,6 +232,9 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
             &output,
             "--guarantee",
             "at_least_once",
+            // Copies wait up to 3 s for their offset commit: the window the kills aim at.
+            "--commit-interval-ms",
+            "3000",
         ])
         .arg("--state-dir")
         .arg(&state)

@@ -279,3 +279,121 @@ fn offsets_rewound_behind_weirs_back_are_refused() {
         "says the way out: {stderr}"
     );
 }
+
+/// The rocksdb directory of `t`'s application under `state`.
+fn rocksdb_dir(t: &Totals<'_>, state: &Path) -> std::path::PathBuf {
+    state.join(&t.app).join("rocksdb")
+}
+
+/// A state directory whose MANIFEST was damaged (bytes flipped) is moved aside — kept for a
+/// look, never reused — and every task restored from its changelog: the aggregates go on
+/// exactly.
+#[test]
+fn a_damaged_state_directory_is_moved_aside_and_restored_from_the_changelog() {
+    let kafka = shared();
+    let t = Totals::new(kafka, 2);
+    let state = state_dir();
+    let records = payments(6_000, 500, 2, 31);
+    kafka.produce(&t.input, records[..3_000].to_vec());
+    let totals = t.start(&state, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+
+    let db = rocksdb_dir(&t, &state);
+    let manifest = std::fs::read_dir(&db)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
+        .expect("a MANIFEST");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    for b in bytes.iter_mut().skip(10).step_by(7) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&manifest, bytes).unwrap();
+
+    kafka.produce(&t.input, records[3_000..].to_vec());
+    let totals = t.start(&state, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+    let log = t.last_log();
+    assert!(
+        log.contains(
+            "state directory is corrupt; moving it aside and restoring from the changelogs"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("restore finished").count(),
+        2,
+        "both tasks restored:\n{log}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("rocksdb.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged copy is kept aside");
+    t.verify();
+}
+
+/// SIGKILL and then SIGTERM while a lost state directory is being restored from its changelog:
+/// the kill leaves a partial restore that is never trusted, the SIGTERM stops cleanly, and a
+/// later start restores again and goes on exactly.
+#[test]
+fn a_restore_interrupted_by_sigkill_or_sigterm_is_redone_and_state_stays_exact() {
+    let kafka = shared();
+    let t = Totals::new(kafka, 2);
+    let state = state_dir();
+    // Many keys, so the changelog takes a while to restore.
+    let records = payments(120_000, 100_000, 2, 41);
+    kafka.produce(&t.input, records[..100_000].to_vec());
+    let totals = t.start(&state, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(60)).success());
+    std::fs::remove_dir_all(&state).unwrap();
+
+    let restoring = |t: &Totals<'_>| {
+        wait_for("a restore to start", Duration::from_secs(60), || {
+            t.last_log().contains("restoring state from the changelog")
+        });
+    };
+    let totals = t.start(&state, None);
+    restoring(&t);
+    totals.kill();
+    let killed = t.last_log();
+    assert!(
+        killed.matches("restore finished").count() < 2,
+        "the SIGKILL came after both restores had finished:\n{killed}"
+    );
+
+    let totals = t.start(&state, None);
+    restoring(&t);
+    let status = totals.terminate(Duration::from_secs(60));
+    let termed = t.last_log();
+    assert!(
+        status.success(),
+        "SIGTERM during a restore: {status}\n{termed}"
+    );
+
+    kafka.produce(&t.input, records[100_000..].to_vec());
+    let totals = t.start(&state, None);
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(60)).success());
+    t.verify();
+    eprintln!(
+        "restores: killed after {} finished, SIGTERMed after {} finished, then {} on the last start",
+        killed.matches("restore finished").count(),
+        termed.matches("restore finished").count(),
+        t.last_log().matches("restore finished").count()
+    );
+}

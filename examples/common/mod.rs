@@ -111,9 +111,14 @@ impl CommonArgs {
                 .unwrap_or_else(|_| toml::Value::String(v.to_string()));
             map.insert(k.to_string(), value);
         }
-        Config::from_map(map).context(
-            "set the missing or wrong key with a flag (see --help), its WEIR_* variable, or --config FILE",
-        )
+        let fix = match &self.config {
+            Some(path) => format!(
+                "set the missing or wrong key in {} (--config), with a flag (see --help) or its WEIR_* variable",
+                path.display()
+            ),
+            None => "set the missing or wrong key with a flag (see --help), its WEIR_* variable, or --config FILE".to_string(),
+        };
+        Config::from_map(map).context(fix)
     }
 }
 

@@ -74,7 +74,7 @@ pub enum StateStoreError {
         message: String,
     },
     /// Stored metadata does not decode.
-    #[error("state at {path}: task {task}: stored {what} is unreadable; the state directory is damaged. Delete it to restore from the changelogs")]
+    #[error("state at {path}: task {task}: stored {what} is unreadable; the state directory is damaged. It is moved aside at the next start and its tasks restored from their changelogs")]
     Corrupt {
         /// The database directory.
         path: PathBuf,
@@ -82,6 +82,21 @@ pub enum StateStoreError {
         task: i32,
         /// Which record.
         what: &'static str,
+    },
+    /// The directory is damaged and a store without a changelog would lose its contents if it
+    /// were moved aside: weir refuses rather than start that store empty behind the user's back.
+    #[error(
+        "state at {path} is damaged ({why}) and store {store:?} is local-only (no changelog), so \
+         its contents cannot be restored. Move the directory aside (or delete it) to start that \
+         store empty, knowing its contents are lost"
+    )]
+    DamagedLocalOnly {
+        /// The database directory.
+        path: PathBuf,
+        /// The local-only store.
+        store: String,
+        /// What was found.
+        why: String,
     },
     /// Local state is ahead of the group's committed offsets.
     #[error(
@@ -98,6 +113,44 @@ pub enum StateStoreError {
         /// The state directory.
         path: PathBuf,
     },
+}
+
+/// Appended to the message of a corruption found while running.
+const MOVED_AT_NEXT_START: &str =
+    "; the state directory is moved aside at the next start and its tasks restored from their changelogs";
+
+/// The marker left next to a database found damaged while running.
+fn damage_marker(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.damaged", path.display()))
+}
+
+/// What is wrong with weir's own metadata in `db` (every task's offsets and pending entry must
+/// decode), if anything. Small: one entry of each per task.
+fn unreadable_metadata(db: &DB) -> Option<String> {
+    for (tag, what) in [(META, "offsets"), (PENDING, "pending entry")] {
+        for item in db.iterator(IteratorMode::From(&[tag], Direction::Forward)) {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(e.to_string()),
+            };
+            if k.first() != Some(&tag) {
+                break;
+            }
+            let decodes = if tag == META {
+                serde_json::from_slice::<TaskMeta>(&v).is_ok()
+            } else {
+                serde_json::from_slice::<Pending>(&v).is_ok()
+            };
+            if !decodes {
+                let task = k
+                    .get(1..5)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b: [u8; 4]| u32::from_be_bytes(b) as i32);
+                return Some(format!("task {task:?}: stored {what} does not decode"));
+            }
+        }
+    }
+    None
 }
 
 fn task_key(tag: u8, task: i32) -> Vec<u8> {
@@ -169,23 +222,50 @@ impl StateManager {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let (db, moved) = match DB::open(&opts, path) {
+        // Damage found while running (a block that failed its checksum, unreadable metadata)
+        // left a marker; damage found now is RocksDB refusing to open, or weir's own metadata
+        // not decoding. Either way the directory is moved aside, never reused.
+        let marker = damage_marker(path);
+        let damage = match std::fs::read_to_string(&marker) {
+            Ok(why) => Err(why),
+            Err(_) => match DB::open(&opts, path) {
+                Ok(db) => match unreadable_metadata(&db) {
+                    None => Ok(db),
+                    Some(why) => {
+                        drop(db);
+                        Err(why)
+                    }
+                },
+                Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => Err(e.to_string()),
+                Err(e) => return Err(rocks(e)),
+            },
+        };
+        let (db, moved) = match damage {
             Ok(db) => (db, None),
-            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+            Err(why) => {
+                if let Some(local) = stores.iter().find(|s| !s.changelog) {
+                    return Err(StateStoreError::DamagedLocalOnly {
+                        path: path.to_path_buf(),
+                        store: local.name.clone(),
+                        why,
+                    });
+                }
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let aside = PathBuf::from(format!("{}.corrupt-{secs}", path.display()));
-                tracing::error!(path = %path.display(), aside = %aside.display(), error = %e,
+                tracing::error!(path = %path.display(), aside = %aside.display(), error = %why,
                     "state directory is corrupt; moving it aside and restoring from the changelogs");
-                std::fs::rename(path, &aside).map_err(|io| StateStoreError::Rocks {
-                    path: path.to_path_buf(),
-                    message: format!("corrupt ({e}) and cannot be moved aside: {io}"),
-                })?;
+                if path.exists() {
+                    std::fs::rename(path, &aside).map_err(|io| StateStoreError::Rocks {
+                        path: path.to_path_buf(),
+                        message: format!("corrupt ({why}) and cannot be moved aside: {io}"),
+                    })?;
+                }
+                let _ = std::fs::remove_file(&marker);
                 (DB::open(&opts, path).map_err(rocks)?, Some(aside))
             }
-            Err(e) => return Err(rocks(e)),
         };
         Ok((
             Self {
@@ -200,9 +280,21 @@ impl StateManager {
     }
 
     fn rocks(&self, e: &rocksdb::Error) -> StateStoreError {
+        let mut message = e.to_string();
+        if e.kind() == rocksdb::ErrorKind::Corruption {
+            self.mark_damaged(&message);
+            message.push_str(MOVED_AT_NEXT_START);
+        }
         StateStoreError::Rocks {
             path: self.path.clone(),
-            message: e.to_string(),
+            message,
+        }
+    }
+
+    /// Leaves the marker that makes the next [`open`](Self::open) move this directory aside.
+    fn mark_damaged(&self, why: &str) {
+        if let Err(e) = std::fs::write(damage_marker(&self.path), why) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot mark the damaged state directory; delete it before the next start");
         }
     }
 
@@ -250,15 +342,14 @@ impl StateManager {
     ) -> Result<Option<T>, StateStoreError> {
         match self.db.get(key).map_err(|e| self.rocks(&e))? {
             None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|_| StateStoreError::Corrupt {
-                        path: self.path.clone(),
-                        task,
-                        what,
-                    })
-            }
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                self.mark_damaged(&format!("task {task}: stored {what} does not decode: {e}"));
+                StateStoreError::Corrupt {
+                    path: self.path.clone(),
+                    task,
+                    what,
+                }
+            }),
         }
     }
 
@@ -642,7 +733,7 @@ impl StateAccess for TaskAccess<'_> {
         self.manager
             .db
             .get(data_key(self.task, store, key))
-            .map_err(|e| StateError::Storage(e.to_string()))
+            .map_err(|e| StateError::Storage(self.manager.rocks(&e).to_string()))
     }
 
     fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) -> Result<(), StateError> {
@@ -682,7 +773,8 @@ impl StateAccess for TaskAccess<'_> {
             .db
             .iterator(IteratorMode::From(&start, Direction::Forward))
         {
-            let (k, v) = item.map_err(|e| StateError::Storage(e.to_string()))?;
+            let (k, v) =
+                item.map_err(|e| StateError::Storage(self.manager.rocks(&e).to_string()))?;
             let Some(user_key) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
@@ -866,5 +958,125 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        std::env::temp_dir().join(format!("weir-state-damage-{:016x}", {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            h.finish()
+        }))
+    }
+
+    fn offsets(o: i64) -> BTreeMap<String, i64> {
+        [("in".to_string(), o)].into()
+    }
+
+    /// A committed task with `n` keys, flushed to an SST file.
+    fn committed(dir: &Path, n: u32, stores: Vec<StoreSpec>) {
+        let (mut m, _) = StateManager::open(dir, stores).unwrap();
+        for i in 0..n {
+            m.access(0)
+                .put("s", format!("key-{i:06}").as_bytes(), vec![b'v'; 100])
+                .unwrap();
+        }
+        m.apply(&[(0, 1, offsets(n.into()))], &BTreeMap::new())
+            .unwrap();
+        m.db.flush().unwrap();
+    }
+
+    fn moved_aside(dir: &Path) -> PathBuf {
+        let (m, moved) = StateManager::open(dir, vec![StoreSpec::new("s")]).unwrap();
+        assert_eq!(m.meta(0).unwrap(), None, "the new directory starts empty");
+        let aside = moved.expect("moved aside");
+        assert!(aside.exists() && !damage_marker(dir).exists());
+        aside
+    }
+
+    #[test]
+    fn a_truncated_pending_entry_moves_the_directory_aside() {
+        let dir = tmp();
+        committed(&dir, 10, vec![StoreSpec::new("s")]);
+        {
+            let (m, _) = StateManager::open(&dir, vec![StoreSpec::new("s")]).unwrap();
+            m.prepare(&[(0, 2, offsets(20))]).unwrap();
+            let full = m.db.get(task_key(PENDING, 0)).unwrap().unwrap();
+            m.db.put(task_key(PENDING, 0), &full[..full.len() / 2])
+                .unwrap();
+        }
+        moved_aside(&dir);
+    }
+
+    #[test]
+    fn flipped_bytes_in_a_live_sst_are_found_on_read_and_the_next_open_moves_it_aside() {
+        let dir = tmp();
+        committed(&dir, 20_000, vec![StoreSpec::new("s")]);
+        let sst = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "sst"))
+            .expect("a flushed SST file");
+        let mut bytes = std::fs::read(&sst).unwrap();
+        // Every data block in the first half of the file gets a flipped byte.
+        for i in (100..bytes.len() / 2).step_by(1_000) {
+            bytes[i] ^= 0xff;
+        }
+        std::fs::write(&sst, bytes).unwrap();
+        let (mut m, moved) = StateManager::open(&dir, vec![StoreSpec::new("s")]).unwrap();
+        assert_eq!(
+            moved, None,
+            "the damage is in data blocks, which open does not read"
+        );
+        let err = (0..20_000)
+            .find_map(|i| m.access(0).get("s", format!("key-{i:06}").as_bytes()).err())
+            .expect("a read of a damaged block fails");
+        assert!(
+            err.to_string().contains("moved aside at the next start"),
+            "{err}"
+        );
+        assert!(damage_marker(&dir).exists(), "the damage is marked");
+        drop(m);
+        let aside = moved_aside(&dir);
+        assert!(
+            aside.join(sst.file_name().unwrap()).exists(),
+            "never reused, kept for a look"
+        );
+    }
+
+    #[test]
+    fn a_damaged_directory_with_a_local_only_store_is_refused() {
+        let dir = tmp();
+        let stores = || vec![StoreSpec::new("s"), StoreSpec::local_only("cache")];
+        committed(&dir, 10, stores());
+        let manifest = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("MANIFEST-")
+            })
+            .unwrap();
+        let mut bytes = std::fs::read(&manifest).unwrap();
+        for b in bytes.iter_mut().skip(10).step_by(7) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&manifest, bytes).unwrap();
+        let err = StateManager::open(&dir, stores()).err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("store \"cache\" is local-only"), "{msg}");
+        assert!(msg.contains("contents cannot be restored"), "{msg}");
+        assert!(dir.exists(), "left where it is");
+        // Without the local-only store, the same directory is moved aside.
+        moved_aside(&dir);
     }
 }
