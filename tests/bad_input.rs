@@ -474,3 +474,96 @@ fn an_operator_blocking_past_the_transaction_timeout_or_the_poll_interval_stays_
         eprintln!("blocked past {what}: {summary:?}");
     }
 }
+
+/// The input topic deleted under a running application: it stops with an error naming the
+/// topic, and what it had committed stays an exact copy.
+#[test]
+fn the_input_topic_deleted_while_running_stops_the_application_naming_it() {
+    let kafka = shared();
+    let (input, output, app) = topics(kafka, "deleted", 2);
+    kafka.produce(&input, numbered(2, 500));
+    let before = kafka.read_acknowledged(&input);
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output)
+            .set("consumer.topic.metadata.refresh.interval.ms", "1000")
+            .build()
+            .unwrap(),
+        Mirror,
+    );
+    wait_committed(
+        "the copy",
+        Duration::from_secs(60),
+        kafka,
+        &app,
+        &input,
+        500,
+    );
+    kafka.admin().delete_topics(&[&input]).unwrap();
+    wait_for("the application to stop", Duration::from_secs(60), || {
+        running.finished()
+    });
+    let message = running.join().expect_err("must stop").to_string();
+    assert!(message.contains(&input), "names the topic: {message}");
+    let report = verify_copy(
+        &before,
+        &kafka.read_to_end(&output, Isolation::ReadCommitted),
+    );
+    assert!(report.is_exactly_once(), "{report}");
+    eprintln!("input deleted: {message}");
+}
+
+/// Partitions added to the input (and output) of a running stateless application are picked up
+/// — by the consumer at its next metadata refresh, by the producer when it first meets a
+/// partition it did not know — and copied exactly once, like the others.
+#[test]
+fn partitions_added_to_the_input_while_running_are_picked_up() {
+    let kafka = shared();
+    let (input, output, app) = (unique("grow-in"), unique("grow-out"), unique("grow-app"));
+    kafka.create_topic(&input, 2);
+    kafka.create_topic(&output, 2);
+    kafka.produce(&input, numbered(2, 300));
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output)
+            .set("consumer.topic.metadata.refresh.interval.ms", "1000")
+            .build()
+            .unwrap(),
+        Mirror,
+    );
+    wait_committed(
+        "the first copy",
+        Duration::from_secs(60),
+        kafka,
+        &app,
+        &input,
+        300,
+    );
+    kafka.admin().add_partitions(&output, 4).unwrap();
+    kafka.admin().add_partitions(&input, 4).unwrap();
+    kafka.produce(
+        &input,
+        numbered(4, 300).into_iter().map(|mut r| {
+            r.value = Some([r.value.unwrap(), b"-grown".to_vec()].concat());
+            r.key = Some([r.key.unwrap(), b"-grown".to_vec()].concat());
+            r
+        }),
+    );
+    wait_for(
+        "all four partitions copied",
+        Duration::from_secs(90),
+        || {
+            let c = kafka.committed_offsets(&app, &input);
+            c.len() == 4
+                && c[&0] == Some(600)
+                && c[&1] == Some(600)
+                && c[&2] == Some(300)
+                && c[&3] == Some(300)
+        },
+    );
+    assert!(!running.finished());
+    running.stop().expect("clean stop");
+    let report = verify_copy(
+        &kafka.read_acknowledged(&input),
+        &kafka.read_to_end(&output, Isolation::ReadCommitted),
+    );
+    assert!(report.is_exactly_once(), "{report}");
+}

@@ -397,3 +397,47 @@ fn a_restore_interrupted_by_sigkill_or_sigterm_is_redone_and_state_stays_exact()
         t.last_log().matches("restore finished").count()
     );
 }
+
+/// Partitions added to the input of a stateful application make tasks its changelogs have no
+/// partition for (and move keys away from their state): it stops with an error naming the
+/// changelog, the task and what to do, having committed nothing for the new partitions,
+/// instead of writing state it could not restore.
+#[test]
+fn partitions_added_under_a_stateful_application_stop_it_naming_the_changelog() {
+    let kafka = shared();
+    let t = Totals::new(kafka, 2);
+    let state = state_dir();
+    kafka.produce(&t.input, payments(1_000, 100, 2, 3));
+    let mut totals = {
+        let log = std::fs::File::create(state.with_extension("grow.log")).unwrap();
+        let mut cmd = example_command("totals");
+        cmd.args(["--bootstrap-servers", kafka.bootstrap_servers()])
+            .args(["--application-id", &t.app])
+            .args(["--input-topic", &t.input, "--output-topic", &t.output])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--set", "consumer.topic.metadata.refresh.interval.ms=1000"])
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        ChildProcess::spawn("totals", cmd)
+    };
+    t.wait_done(&t.ends());
+    kafka.admin().add_partitions(&t.output, 4).unwrap();
+    kafka.admin().add_partitions(&t.input, 4).unwrap();
+    kafka.produce(&t.input, payments(400, 4, 4, 5));
+    let status = totals.wait(Duration::from_secs(90));
+    let log = std::fs::read_to_string(state.with_extension("grow.log")).unwrap();
+    assert!(!status.success(), "{log}");
+    let changelog = format!("{}-totals-changelog", t.app);
+    assert!(
+        log.contains(&format!("changelog topic {changelog:?} has no partition 2 for task 2: partitions were added to the input while the application ran")),
+        "{log}"
+    );
+    let committed = kafka.committed_offsets(&t.app, &t.input);
+    assert_eq!(
+        (committed[&2], committed[&3]),
+        (None, None),
+        "{committed:?}"
+    );
+}

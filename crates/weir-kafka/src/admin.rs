@@ -266,6 +266,20 @@ impl Admin {
         Ok(())
     }
 
+    /// Grows `topic` to `partitions` partitions.
+    pub fn add_partitions(&self, topic: &str, partitions: usize) -> Result<(), AdminError> {
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let new = rdkafka::admin::NewPartitions::new(topic, partitions);
+        let results = futures::executor::block_on(self.admin.create_partitions(&[new], &opts))
+            .map_err(self.err("create partitions"))?;
+        for r in results {
+            if let Err((_, code)) = r {
+                return Err(self.err("create partitions")(KafkaError::AdminOp(code)));
+            }
+        }
+        Ok(())
+    }
+
     /// `(low, high)` watermarks of every partition of `topic`, where `high` is the last stable
     /// offset when `read_committed` and the high watermark otherwise.
     pub fn watermarks(

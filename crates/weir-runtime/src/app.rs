@@ -336,7 +336,7 @@ async fn main_loop(
         }
         // The next batch is polled while this one is processed and committed.
         in_flight = Some(start_poll(std::mem::take(&mut spare)));
-        let stepped = step(&mut engine, &mut polled).await;
+        let stepped = step(config, &mut engine, &mut polled).await;
         spare = polled.records;
         if let Err(e) = stepped {
             if !engine.producer_failed() {
@@ -364,12 +364,18 @@ async fn main_loop(
 
 /// One turn of the loop after a poll: errors parked by rebalance callbacks, poll errors, a
 /// background commit that has finished, the batch, and the commit when it is due.
-async fn step(engine: &mut Engine, polled: &mut poll::Polled) -> Result<(), RuntimeError> {
+async fn step(
+    config: &Config,
+    engine: &mut Engine,
+    polled: &mut poll::Polled,
+) -> Result<(), RuntimeError> {
     if let Some(e) = engine.take_failure() {
         return Err(e);
     }
     if let Some(e) = polled.error.take() {
-        poll_error(e)?;
+        if let Err(e) = poll_error(e) {
+            return Err(name_missing_input(config, e).await);
+        }
     }
     engine.settle_if_finished().await?;
     engine.process(&polled.records).await?;
@@ -411,6 +417,54 @@ fn poll_error(error: KafkaError) -> Result<(), RuntimeError> {
     } else {
         telemetry::transient("poll", &error.to_string());
         Ok(())
+    }
+}
+
+/// A consumer error about an unknown topic does not say which: the admin client tells which
+/// input topic no longer exists (deleted while the application ran), and the error names it.
+async fn name_missing_input(config: &Config, error: RuntimeError) -> RuntimeError {
+    let unknown = matches!(
+        &error,
+        RuntimeError::Kafka { source, .. } if matches!(
+            source.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        )
+    );
+    if !unknown {
+        return error;
+    }
+    let config = config.clone();
+    let missing = blocking(move || {
+        let Ok(admin) = Admin::for_app(&config, STARTUP_TIMEOUT) else {
+            return Vec::new();
+        };
+        config
+            .input_topics
+            .iter()
+            .filter(|t| {
+                matches!(
+                    admin.partition_count(t),
+                    Err(weir_kafka::admin::AdminError::MissingTopic { .. })
+                )
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match (missing.is_empty(), error) {
+        (false, RuntimeError::Kafka { source, .. }) => RuntimeError::Kafka {
+            during: format!(
+                "consuming: input topic {} no longer exists (deleted while the application ran?); \
+                 recreate it, or fix input.topics, and start again. Consuming",
+                missing
+                    .iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            source,
+        },
+        (_, error) => error,
     }
 }
 

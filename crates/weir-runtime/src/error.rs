@@ -99,7 +99,7 @@ pub enum RuntimeError {
     },
 
     /// An output could not be produced.
-    #[error("cannot produce to topic {topic:?} partition {partition:?}: {source}. Check the output topic and its partition count")]
+    #[error("cannot produce to topic {topic:?} {}: {source}. Check the output topic and its partition count", match partition { Some(p) => format!("partition {p}"), None => "(the key's partition)".to_string() })]
     Produce {
         /// The topic.
         topic: String,

@@ -146,9 +146,26 @@ impl Engine {
                 result = Err(RuntimeError::NoOutputTopic);
                 break;
             };
+            let mut refreshed = false;
             loop {
                 match self.producer.produce(topic, &mut out) {
                     Ok(()) => break,
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition))
+                        if !refreshed =>
+                    {
+                        // The topic may have grown since the producer last fetched its metadata
+                        // (partitions added while running): fetch it once, then try again.
+                        refreshed = true;
+                        let producer = Arc::clone(&self.producer);
+                        let name = topic.to_string();
+                        let _ = blocking(move || {
+                            producer
+                                .client()
+                                .fetch_metadata(Some(&name), Duration::from_secs(10))
+                                .map(drop)
+                        })
+                        .await;
+                    }
                     Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                         let waiting = Instant::now();
                         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -165,6 +182,24 @@ impl Engine {
                     }
                     Err(source) if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
                         result = Err(self.fatal("produce", source));
+                        break;
+                    }
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition))
+                        if self.is_changelog(topic) =>
+                    {
+                        // A task its changelog has no partition for: the input grew.
+                        result = Err(RuntimeError::Changelog {
+                            topic: topic.to_string(),
+                            problem: format!(
+                                "has no partition {} for task {}: partitions were added to the \
+                                 input while the application ran, which moves keys to other \
+                                 tasks than their state. Run the application on a new input \
+                                 topic, or reset its state and offsets together (`weir offsets \
+                                 reset --reset-state`)",
+                                out.partition.unwrap_or(-1),
+                                out.partition.unwrap_or(-1)
+                            ),
+                        });
                         break;
                     }
                     Err(source) => {
@@ -195,6 +230,15 @@ impl Engine {
             Ok(()) => Ok(Some(produced)),
             Err(e) => Err(self.stop(e).await),
         }
+    }
+
+    /// Whether `topic` is the changelog of one of the state stores.
+    fn is_changelog(&self, topic: &str) -> bool {
+        self.state.as_ref().is_some_and(|s| {
+            s.stores()
+                .filter(|st| st.changelog)
+                .any(|st| changelog_topic(&self.config.application_id, &st.name) == topic)
+        })
     }
 
     /// The commit point. Overlapped, an interval commit goes on in the background while the
