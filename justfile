@@ -34,6 +34,12 @@ bench *ARGS:
 throughput *ARGS:
     cargo run --release --example throughput -- {{ARGS}}
 
+# Long kill -9 runs outside CI: mirror and totals over many seeds (default 20; `--seed N`
+# reproduces one), then broker bounces on a 3-broker cluster (a program, not a test).
+chaos *ARGS:
+    cargo build --examples
+    cargo run --example chaos -- {{ARGS}}
+
 # What CI runs on a fresh machine.
 ci:
     bash .ci/run

@@ -11,8 +11,29 @@ use common::group::{feed, secs, AppGroup, Check};
 use common::*;
 use weir_testkit::{ChildProcess, Kafka};
 
+/// How a broker goes down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Down {
+    /// SIGKILL: a crash, fenced by the controller after its session timeout.
+    Kill,
+    /// SIGTERM: a controlled shutdown (leadership moved away first).
+    Stop,
+}
+
 #[test]
 fn copier_is_exactly_once_through_broker_bounces() {
+    bounce_each_broker(Down::Kill, false);
+}
+
+/// Clean broker stops (SIGTERM) in turn; then two of the three brokers down at once, below
+/// `min.insync.replicas`: the pipeline stalls (nothing commits, the instances keep running and
+/// say so in their logs), and resumes with nothing lost or duplicated when one broker returns.
+#[test]
+fn copier_is_exactly_once_through_clean_broker_stops_and_a_stall_below_min_isr() {
+    bounce_each_broker(Down::Stop, true);
+}
+
+fn bounce_each_broker(down: Down, below_min_isr: bool) {
     let mut kafka = Kafka::start_local(3).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("3-broker cluster at {}", kafka.bootstrap_servers());
     let started = Instant::now();
@@ -29,12 +50,24 @@ fn copier_is_exactly_once_through_broker_bounces() {
     );
     let mut instances: Vec<ChildProcess> = (0..3).map(|i| g.start(i)).collect();
     let mut bounces = Vec::new();
+    let check_running = |instances: &mut Vec<ChildProcess>, g: &AppGroup, when: &str| {
+        for (i, p) in instances.iter_mut().enumerate() {
+            assert!(
+                p.is_running(),
+                "instance {i} died {when}; {}",
+                g.log_tail(i, 80)
+            );
+        }
+    };
     for broker in 0..3 {
         let target = (g.progress(&kafka) + total / 5).min(total);
         g.wait_progress(&kafka, target, Duration::from_secs(240));
         let t = Instant::now();
         let cluster = kafka.local_mut().expect("a local cluster");
-        cluster.kill(broker);
+        match down {
+            Down::Kill => cluster.kill(broker),
+            Down::Stop => cluster.stop(broker),
+        }
         let gone = cluster
             .wait_gone(broker, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -42,18 +75,73 @@ fn copier_is_exactly_once_through_broker_bounces() {
             .restart(broker)
             .unwrap_or_else(|e| panic!("restarting broker {broker}: {e}"));
         bounces.push(format!(
-            "broker {}: fenced by the controller after {:.1} s, back and in sync after {:.1} s",
+            "broker {}: out of the metadata after {:.1} s, back and in sync after {:.1} s",
             broker + 1,
             gone.as_secs_f64(),
             secs(t)
         ));
-        for (i, p) in instances.iter_mut().enumerate() {
-            assert!(
-                p.is_running(),
-                "instance {i} died when broker {broker} was bounced; {}",
-                g.log_tail(i, 80)
-            );
-        }
+        check_running(
+            &mut instances,
+            &g,
+            &format!("when broker {broker} went down ({down:?})"),
+        );
+    }
+    if below_min_isr {
+        // Two of three brokers down: every partition is below min.insync.replicas (2), and the
+        // controller quorum is lost. Nothing can commit.
+        let target = (g.progress(&kafka) + total / 10).min(total - 1);
+        g.wait_progress(&kafka, target, Duration::from_secs(240));
+        let before = g.progress(&kafka);
+        let logged = |g: &AppGroup| -> Vec<String> {
+            (0..3)
+                .map(|i| {
+                    g.logs(i)
+                        .last()
+                        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        let logs_before = logged(&g);
+        let cluster = kafka.local_mut().expect("a local cluster");
+        cluster.kill(0);
+        cluster.kill(1);
+        // Below min.insync.replicas, and without a controller quorum: nothing can commit
+        // (the group coordinator may be gone too, so progress is not read now).
+        std::thread::sleep(Duration::from_secs(25));
+        check_running(&mut instances, &g, "with two of three brokers down");
+        let said: Vec<String> = logged(&g)
+            .iter()
+            .zip(&logs_before)
+            .flat_map(|(now, then)| {
+                now.get(then.len()..)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            !said.is_empty(),
+            "no instance said anything during the stall"
+        );
+        let cluster = kafka.local_mut().expect("a local cluster");
+        cluster
+            .start_again(0)
+            .unwrap_or_else(|e| panic!("restarting broker 0 after the stall: {e}"));
+        g.wait_progress(&kafka, before + 1, Duration::from_secs(180));
+        let cluster = kafka.local_mut().expect("a local cluster");
+        cluster
+            .restart(1)
+            .unwrap_or_else(|e| panic!("restarting broker 1 after the stall: {e}"));
+        check_running(&mut instances, &g, "after the stall");
+        bounces.push(format!(
+            "brokers 1 and 2 down together for 25 s: {} warnings logged, e.g. {:?}",
+            said.len(),
+            said.first()
+                .map(|l| l.chars().take(200).collect::<String>())
+        ));
     }
     feeder.join().expect("feeder");
     g.wait_done(&kafka, Duration::from_secs(240));
@@ -67,7 +155,7 @@ fn copier_is_exactly_once_through_broker_bounces() {
     }
     let report = g.verify(&kafka, Check::Copy, live);
     eprintln!(
-        "copier (broker bounces): {total} records, 3 instances, 6 partitions, 3 brokers each SIGKILLed and restarted ({}), {:.0} s: {report}",
+        "copier (brokers {down:?}): {total} records, 3 instances, 6 partitions, 3 brokers each down and back ({}), {:.0} s: {report}",
         bounces.join("; "),
         secs(started)
     );

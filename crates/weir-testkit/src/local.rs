@@ -293,6 +293,16 @@ impl LocalCluster {
         self.wait_in_sync(Duration::from_secs(120))
     }
 
+    /// Starts node `index` again while other nodes may still be down: waits until every node
+    /// that runs answers, not for replicas to catch up.
+    pub fn start_again(&mut self, index: usize) -> Result<(), StartError> {
+        if self.nodes[index].process.is_none() {
+            self.spawn(index)?;
+        }
+        let running = self.nodes.iter().filter(|n| n.process.is_some()).count();
+        self.wait_ready(running, Duration::from_secs(90))
+    }
+
     /// After [`kill`](Self::kill) or [`stop`](Self::stop): waits until the cluster has noticed —
     /// node `index` is no longer in the metadata (the controller fenced it, after the brokers'
     /// `broker.session.timeout.ms`) — and returns how long that took.
@@ -361,6 +371,19 @@ impl LocalCluster {
             // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
             unsafe {
                 libc::kill(child.id() as i32, signal);
+            }
+            // A controlled shutdown that cannot finish (no controller quorum) must not hang
+            // the test: SIGKILL after a minute.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!(
+                    "weir-testkit: node {} did not exit within 60 s of signal {signal}; SIGKILL",
+                    self.nodes[index].id
+                );
+                let _ = child.kill();
             }
             let _ = child.wait();
         }
