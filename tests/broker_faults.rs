@@ -34,6 +34,7 @@ fn copier_is_exactly_once_through_clean_broker_stops_and_a_stall_below_min_isr()
 }
 
 fn bounce_each_broker(down: Down, below_min_isr: bool) {
+    let _serial = serial();
     let mut kafka = Kafka::start_local(3).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("3-broker cluster at {}", kafka.bootstrap_servers());
     let started = Instant::now();

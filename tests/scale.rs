@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::group::{feed, secs, AppGroup, Check};
@@ -18,11 +17,6 @@ use common::*;
 use weir_testkit::{shared, ChildProcess};
 
 const INSTANCES: usize = 3;
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {

@@ -13,6 +13,13 @@ use tokio::task::JoinHandle;
 use weir::{App, Config, ConfigBuilder, Processor, RunSummary, RuntimeError};
 use weir_testkit::{unique, Isolation, Kafka, TestRecord};
 
+/// Held by the tests of one binary that must not run at once (each drives several
+/// instances or a cluster of its own: in parallel they would starve 2 cores).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A multi-threaded runtime for one test.
 pub fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -21,8 +21,10 @@ use crate::clients::base_config;
 pub enum AdminError {
     /// No broker answered.
     #[error(
-        "cannot reach the Kafka cluster at {bootstrap} within {timeout:?}: {source}. Check \
-         bootstrap.servers and that the brokers are running and reachable from here"
+        "cannot reach the Kafka cluster at {bootstrap} within {timeout:?}: {source}{}. Check \
+         bootstrap.servers, the security settings if any (kafka.security.protocol, kafka.sasl.*, \
+         kafka.ssl.*), and that the brokers are running and reachable from here",
+        cause.as_ref().map(|c| format!(" (the client's last error: {c})")).unwrap_or_default()
     )]
     Unreachable {
         /// The bootstrap servers.
@@ -31,6 +33,9 @@ pub enum AdminError {
         timeout: Duration,
         /// The client error.
         source: Box<KafkaError>,
+        /// What the client last reported while trying (a refused TLS handshake, failed SASL
+        /// authentication, ...).
+        cause: Option<String>,
     },
     /// A topic does not exist.
     #[error("topic {topic:?} does not exist on {bootstrap}; create it first (or check the name)")]
@@ -51,6 +56,40 @@ pub enum AdminError {
         source: Box<KafkaError>,
     },
 }
+
+/// Remembers the last error librdkafka reported on a client (its error callback), so that a
+/// request that times out can say why: refused TLS, failed SASL authentication, ...
+#[derive(Debug, Default)]
+pub struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    fn last(&self) -> Option<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    // librdkafka logs a connection's failure (`FAIL`: refused, TLS handshake, SASL
+    // authentication) from its own threads as it happens; error events would only arrive when
+    // this client is polled, which it never is.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" || (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Error as i32) {
+            if let Ok(mut last) = self.0.lock() {
+                *last = Some(log_message.to_string());
+            }
+        }
+        rdkafka::client::DefaultClientContext.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "admin client error");
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
 
 /// Committed offsets by (topic, partition): the offset and its metadata.
 pub type CommittedOffsets = BTreeMap<(String, i32), (i64, String)>;
@@ -83,7 +122,9 @@ impl TopicSpec {
 /// Blocking admin operations against one cluster.
 pub struct Admin {
     bootstrap: String,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LastError>,
+    /// The client settings every client of this admin is made with.
+    base: ClientConfig,
     admin: AdminClient<DefaultClientContext>,
     timeout: Duration,
 }
@@ -124,14 +165,15 @@ impl Admin {
                 source: Box::new(source),
             }
         };
-        let consumer: BaseConsumer = base
+        let consumer: BaseConsumer<LastError> = base
             .clone()
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(LastError::default())
             .map_err(kafka("creating a metadata client"))?;
         let admin = base.create().map_err(kafka("creating an admin client"))?;
         Ok(Self {
             bootstrap,
+            base: base.clone(),
             consumer,
             admin,
             timeout,
@@ -152,10 +194,17 @@ impl Admin {
         self.consumer
             .fetch_metadata(None, self.timeout)
             .map(|_| ())
+            .map_err(|source| {
+                // Error events (a failed SASL authentication, ...) reach the context when
+                // the client is polled.
+                let _ = self.consumer.poll(Duration::ZERO);
+                source
+            })
             .map_err(|source| AdminError::Unreachable {
                 bootstrap: self.bootstrap.clone(),
                 timeout: self.timeout,
                 source: Box::new(source),
+                cause: self.consumer.context().last(),
             })
     }
 
@@ -175,6 +224,7 @@ impl Admin {
                     bootstrap: self.bootstrap.clone(),
                     timeout: self.timeout,
                     source: Box::new(source),
+                    cause: self.consumer.context().last(),
                 },
             })?;
         match md.topics().iter().find(|t| t.name() == topic) {
@@ -288,13 +338,16 @@ impl Admin {
         read_committed: bool,
     ) -> Result<BTreeMap<i32, (i64, i64)>, AdminError> {
         let partitions = self.partition_count(topic)?;
-        let reader: BaseConsumer;
+        let reader: BaseConsumer<LastError>;
         let client = if read_committed {
             &self.consumer
         } else {
-            reader = base_config(&self.bootstrap)
+            // The same client settings (TLS, SASL, ...), read_uncommitted.
+            reader = self
+                .base
+                .clone()
                 .set("isolation.level", "read_uncommitted")
-                .create()
+                .create_with_context(LastError::default())
                 .map_err(self.err("creating a read_uncommitted client"))?;
             &reader
         };

@@ -118,6 +118,16 @@ impl Kafka {
         })
     }
 
+    /// [`start_local`](Self::start_local) with a TLS and a SASL/SCRAM listener on every node
+    /// besides PLAINTEXT (`local().and_then(LocalCluster::secured)` names them).
+    pub fn start_local_secured(nodes: usize) -> Result<Self, StartError> {
+        let cluster = LocalCluster::start_secured(nodes)?;
+        Ok(Self {
+            bootstrap: cluster.bootstrap_servers(),
+            backend: Backend::Local(cluster),
+        })
+    }
+
     fn start_docker() -> Result<Self, StartError> {
         let image = apache::Kafka::default()
             .with_jvm_image()

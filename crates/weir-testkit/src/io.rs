@@ -155,8 +155,10 @@ impl Kafka {
                 }
             }
         }
+        // Long enough to ride out the brokers' outages in the fault tests (two of three down,
+        // then back), short of librdkafka's own message timeout (300 s).
         producer
-            .flush(Duration::from_secs(60))
+            .flush(Duration::from_secs(240))
             .unwrap_or_else(|e| panic!("flushing records to {topic}: {e}"));
         let acks = std::mem::take(&mut *producer.context().acks.lock().expect("acks"));
         let mut acked = Vec::with_capacity(records.len());

@@ -42,6 +42,23 @@ struct Node {
     process: Option<Child>,
 }
 
+/// Listeners besides PLAINTEXT on a [`LocalCluster`] started with
+/// [`start_secured`](LocalCluster::start_secured): TLS, and SASL/SCRAM-SHA-256 (without TLS).
+#[derive(Clone, Debug)]
+pub struct Secured {
+    /// `host:port` of each node's TLS (`SSL`) listener.
+    pub tls_bootstrap: String,
+    /// The PEM certificate the TLS listeners present (self-signed, for `127.0.0.1`): the
+    /// client's `ssl.ca.location`.
+    pub ca_pem: PathBuf,
+    /// `host:port` of each node's `SASL_PLAINTEXT` listener (mechanism `SCRAM-SHA-256`).
+    pub scram_bootstrap: String,
+    /// The SCRAM user the cluster knows.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
 /// A local KRaft cluster of JVM brokers. See the module documentation.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -49,12 +66,28 @@ pub struct LocalCluster {
     classpath: String,
     root: PathBuf,
     nodes: Vec<Node>,
+    secured: Option<Secured>,
 }
 
 impl LocalCluster {
     /// Fetches Kafka if needed, formats storage and starts `nodes` nodes; returns once every
     /// broker answers metadata requests.
     pub fn start(nodes: usize) -> Result<Self, StartError> {
+        Self::start_with(nodes, false)
+    }
+
+    /// [`start`](Self::start) with a TLS listener and a SASL/SCRAM listener on every node
+    /// besides the PLAINTEXT one (see [`secured`](Self::secured)).
+    pub fn start_secured(nodes: usize) -> Result<Self, StartError> {
+        Self::start_with(nodes, true)
+    }
+
+    /// The TLS and SCRAM listeners, when started with [`start_secured`](Self::start_secured).
+    pub fn secured(&self) -> Option<&Secured> {
+        self.secured.as_ref()
+    }
+
+    fn start_with(nodes: usize, secure: bool) -> Result<Self, StartError> {
         assert!(nodes >= 1, "a cluster needs at least one node");
         let java = find_java()?;
         let libs = ensure_kafka_jars()?;
@@ -70,6 +103,19 @@ impl LocalCluster {
             .chunks(2)
             .map(|p| (p[0], p[1]))
             .collect();
+        let secured_ports: Vec<(u16, u16)> = if secure {
+            free_ports(2 * nodes)
+                .chunks(2)
+                .map(|p| (p[0], p[1]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tls = if secure {
+            Some(self_signed(&java, &root)?)
+        } else {
+            None
+        };
         let voters = ports
             .iter()
             .enumerate()
@@ -86,32 +132,63 @@ impl LocalCluster {
         let rf = nodes.min(3);
         let min_isr = if nodes >= 3 { 2 } else { 1 };
 
+        let secured = tls.as_ref().map(|(_, ca)| Secured {
+            tls_bootstrap: secured_ports
+                .iter()
+                .map(|(t, _)| format!("127.0.0.1:{t}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            ca_pem: ca.clone(),
+            scram_bootstrap: secured_ports
+                .iter()
+                .map(|(_, s)| format!("127.0.0.1:{s}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            user: "weir".into(),
+            password: "weir-secret".into(),
+        });
         let mut cluster = Self {
             java,
             classpath,
             root: root.clone(),
             nodes: Vec::new(),
+            secured: secured.clone(),
         };
         for (i, (port, controller_port)) in ports.iter().enumerate() {
             let id = (i + 1) as u32;
             let dir = root.join(format!("node-{id}"));
             fs::create_dir_all(dir.join("data")).map_err(|e| StartError::io(&dir, e))?;
-            let props = server_properties(id, *port, *controller_port, &voters, &dir, rf, min_isr);
+            let mut props =
+                server_properties(id, *port, *controller_port, &voters, &dir, rf, min_isr);
+            if let Some((keystore, _)) = &tls {
+                let (tls_port, scram_port) = secured_ports[i];
+                props = secure_properties(
+                    &props,
+                    *port,
+                    *controller_port,
+                    tls_port,
+                    scram_port,
+                    keystore,
+                );
+            }
             write(&dir.join("server.properties"), &props)?;
             write(&dir.join("log4j2.properties"), &log4j(&dir))?;
             let props_path = dir.join("server.properties").display().to_string();
-            run_java(
-                &cluster.java,
-                &cluster.classpath,
-                &[
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "-t",
-                    &cluster_id,
-                    "-c",
-                    &props_path,
-                ],
-            )?;
+            let mut format = vec![
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                &cluster_id,
+                "-c",
+                &props_path,
+            ];
+            let scram = secured
+                .as_ref()
+                .map(|s| format!("SCRAM-SHA-256=[name={},password={}]", s.user, s.password));
+            if let Some(scram) = &scram {
+                format.extend(["--add-scram", scram.as_str()]);
+            }
+            run_java(&cluster.java, &cluster.classpath, &format)?;
             cluster.nodes.push(Node {
                 id,
                 dir,
@@ -438,6 +515,116 @@ fn server_properties(
         data = data.display()
     );
     s
+}
+
+/// The password of the test kit's self-signed keystore.
+const KEYSTORE_PASSWORD: &str = "weir-testkit";
+
+/// A self-signed certificate for `127.0.0.1` and `localhost` (JDK `keytool`): the PKCS12
+/// keystore the brokers present, and its certificate as PEM for clients.
+fn self_signed(java: &Path, root: &Path) -> Result<(PathBuf, PathBuf), StartError> {
+    let keytool = java.with_file_name("keytool");
+    let keytool = if keytool.exists() {
+        keytool
+    } else {
+        PathBuf::from("keytool")
+    };
+    let (keystore, pem) = (root.join("broker.p12"), root.join("ca.pem"));
+    let run = |args: &[&str]| -> Result<(), StartError> {
+        let out = try_output_within(Command::new(&keytool).args(args), Duration::from_secs(60))
+            .map_err(|e| StartError::Local {
+                what: format!("keytool {}", args.join(" ")),
+                detail: e,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(StartError::Local {
+                what: format!("keytool {} failed ({})", args.join(" "), out.status),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    };
+    let (ks, p) = (keystore.display().to_string(), pem.display().to_string());
+    run(&[
+        "-genkeypair",
+        "-alias",
+        "broker",
+        "-keyalg",
+        "RSA",
+        "-keysize",
+        "2048",
+        "-validity",
+        "7",
+        "-dname",
+        "CN=localhost",
+        "-ext",
+        "SAN=ip:127.0.0.1,dns:localhost",
+        "-ext",
+        "BC=ca:true",
+        "-keystore",
+        &ks,
+        "-storetype",
+        "PKCS12",
+        "-storepass",
+        KEYSTORE_PASSWORD,
+        "-keypass",
+        KEYSTORE_PASSWORD,
+    ])?;
+    run(&[
+        "-exportcert",
+        "-rfc",
+        "-alias",
+        "broker",
+        "-keystore",
+        &ks,
+        "-storepass",
+        KEYSTORE_PASSWORD,
+        "-file",
+        &p,
+    ])?;
+    Ok((keystore, pem))
+}
+
+/// `props` with a TLS listener on `tls_port` and a SASL/SCRAM one on `scram_port` besides
+/// PLAINTEXT (which the brokers keep using between themselves).
+fn secure_properties(
+    props: &str,
+    port: u16,
+    controller_port: u16,
+    tls_port: u16,
+    scram_port: u16,
+    keystore: &Path,
+) -> String {
+    let mut out = String::new();
+    for line in props.lines() {
+        let line = if line.starts_with("listeners=") {
+            format!(
+                "listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SSL://127.0.0.1:{tls_port},SASL_PLAINTEXT://127.0.0.1:{scram_port}"
+            )
+        } else if line.starts_with("advertised.listeners=") {
+            format!(
+                "advertised.listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{tls_port},SASL_PLAINTEXT://127.0.0.1:{scram_port}"
+            )
+        } else if line.starts_with("listener.security.protocol.map=") {
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT".to_string()
+        } else {
+            line.to_string()
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "ssl.keystore.location={}\n\
+         ssl.keystore.type=PKCS12\n\
+         ssl.keystore.password={KEYSTORE_PASSWORD}\n\
+         ssl.key.password={KEYSTORE_PASSWORD}\n\
+         ssl.client.auth=none\n\
+         sasl.enabled.mechanisms=SCRAM-SHA-256\n\
+         listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        keystore.display()
+    );
+    out
 }
 
 fn log4j(dir: &Path) -> String {
