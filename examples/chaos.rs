@@ -298,11 +298,7 @@ fn bounces(records: usize) -> anyhow::Result<Outcome> {
     let mut rng = StdRng::seed_from_u64(0);
     let all = records_for("mirror", records, &mut rng);
     let feeder = {
-        let (bootstrap, topic, all) = (
-            kafka.bootstrap_servers().to_string(),
-            input.clone(),
-            all.clone(),
-        );
+        let (bootstrap, topic) = (kafka.bootstrap_servers().to_string(), input.clone());
         std::thread::spawn(move || {
             let kafka = Kafka::start_with_bootstrap(&bootstrap);
             for chunk in all.chunks(1_000) {

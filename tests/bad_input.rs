@@ -16,22 +16,6 @@ use weir_testkit::{
     TestRecord,
 };
 
-struct Mirror;
-
-#[async_trait]
-impl Processor for Mirror {
-    async fn process(
-        &mut self,
-        batch: &[Record],
-        ctx: &mut Context<'_>,
-    ) -> Result<(), ProcessError> {
-        for r in batch {
-            ctx.emit(r.forward());
-        }
-        Ok(())
-    }
-}
-
 /// The error an application returned, within 60 s.
 fn start_error(config: weir::Config, processor: impl Processor + 'static) -> String {
     InProcess::start(config, processor)

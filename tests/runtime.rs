@@ -9,22 +9,6 @@ use common::*;
 use weir::{async_trait, Context, ProcessError, Processor, Record};
 use weir_testkit::{shared, unique, verify_copy, Isolation, TestRecord};
 
-struct Mirror;
-
-#[async_trait]
-impl Processor for Mirror {
-    async fn process(
-        &mut self,
-        batch: &[Record],
-        ctx: &mut Context<'_>,
-    ) -> Result<(), ProcessError> {
-        for r in batch {
-            ctx.emit(r.forward());
-        }
-        Ok(())
-    }
-}
-
 #[test]
 fn mirror_in_process_copies_every_record_once_and_commits_offsets() {
     let kafka = shared();

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weir::{App, Config, ConfigBuilder, Processor, RunSummary, RuntimeError};
+use weir::{
+    async_trait, App, Config, ConfigBuilder, Context, ProcessError, Processor, Record, RunSummary,
+    RuntimeError,
+};
 use weir_testkit::{unique, Isolation, Kafka, TestRecord};
 
 /// Held by the tests of one binary that must not run at once (each drives several
@@ -18,6 +21,24 @@ use weir_testkit::{unique, Isolation, Kafka, TestRecord};
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forwards every record unchanged to the same partition number (the `mirror` example,
+/// in-process).
+pub struct Mirror;
+
+#[async_trait]
+impl Processor for Mirror {
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        for r in batch {
+            ctx.emit(r.forward());
+        }
+        Ok(())
+    }
 }
 
 /// A multi-threaded runtime for one test.

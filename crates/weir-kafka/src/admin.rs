@@ -194,11 +194,10 @@ impl Admin {
         self.consumer
             .fetch_metadata(None, self.timeout)
             .map(|_| ())
-            .map_err(|source| {
+            .inspect_err(|_| {
                 // Error events (a failed SASL authentication, ...) reach the context when
                 // the client is polled.
                 let _ = self.consumer.poll(Duration::ZERO);
-                source
             })
             .map_err(|source| AdminError::Unreachable {
                 bootstrap: self.bootstrap.clone(),

@@ -1071,7 +1071,7 @@ mod damage {
             *b ^= 0x5a;
         }
         std::fs::write(&manifest, bytes).unwrap();
-        let err = StateManager::open(&dir, stores()).err().expect("refused");
+        let err = StateManager::open(&dir, stores()).expect_err("refused");
         let msg = err.to_string();
         assert!(msg.contains("store \"cache\" is local-only"), "{msg}");
         assert!(msg.contains("contents cannot be restored"), "{msg}");

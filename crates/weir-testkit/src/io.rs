@@ -24,6 +24,31 @@ static ACKED: Mutex<BTreeMap<String, Vec<ReadRecord>>> = Mutex::new(BTreeMap::ne
 /// One delivery report: `(record index, partition, offset, timestamp)` or the error.
 type Ack = Result<(usize, i32, i64, Option<i64>), (usize, String)>;
 
+/// `r` as a record to send to `topic`, with `i` as its delivery opaque.
+fn base_record<'a>(
+    topic: &'a str,
+    i: usize,
+    r: &'a TestRecord,
+) -> BaseRecord<'a, [u8], [u8], usize> {
+    let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        })
+    });
+    let mut rec = BaseRecord::with_opaque_to(topic, i).headers(headers);
+    if let Some(p) = r.partition {
+        rec = rec.partition(p);
+    }
+    if let Some(k) = r.key.as_deref() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = r.value.as_deref() {
+        rec = rec.payload(v);
+    }
+    rec
+}
+
 /// Collects the delivery reports of [`Kafka::produce`].
 #[derive(Default)]
 struct AckContext {
@@ -124,23 +149,7 @@ impl Kafka {
             .create_with_context(AckContext::default())
             .expect("test producer");
         for (i, r) in records.iter().enumerate() {
-            let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                })
-            });
-            let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(topic, i).headers(headers);
-            if let Some(p) = r.partition {
-                rec = rec.partition(p);
-            }
-            if let Some(k) = r.key.as_deref() {
-                rec = rec.key(k);
-            }
-            if let Some(v) = r.value.as_deref() {
-                rec = rec.payload(v);
-            }
+            let mut rec = base_record(topic, i, r);
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -219,19 +228,8 @@ impl Kafka {
                 .begin_transaction()
                 .unwrap_or_else(|e| panic!("begin_transaction for {topic}: {e}"));
             for (i, r) in records.iter().enumerate() {
-                let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-                    BaseRecord::with_opaque_to(topic, i);
-                if let Some(p) = r.partition {
-                    rec = rec.partition(p);
-                }
-                if let Some(k) = r.key.as_deref() {
-                    rec = rec.key(k);
-                }
-                if let Some(v) = r.value.as_deref() {
-                    rec = rec.payload(v);
-                }
                 producer
-                    .send(rec)
+                    .send(base_record(topic, i, r))
                     .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
             }
             producer
@@ -246,7 +244,7 @@ impl Kafka {
                         offset,
                         key: records[i].key.clone(),
                         value: records[i].value.clone(),
-                        headers: Vec::new(),
+                        headers: records[i].headers.clone(),
                         timestamp,
                     },
                     Err((i, e)) => panic!(

@@ -66,7 +66,7 @@ pub struct LocalCluster {
     classpath: String,
     root: PathBuf,
     nodes: Vec<Node>,
-    secured: Option<Secured>,
+    secured: Option<Box<Secured>>,
 }
 
 impl LocalCluster {
@@ -84,7 +84,7 @@ impl LocalCluster {
 
     /// The TLS and SCRAM listeners, when started with [`start_secured`](Self::start_secured).
     pub fn secured(&self) -> Option<&Secured> {
-        self.secured.as_ref()
+        self.secured.as_deref()
     }
 
     fn start_with(nodes: usize, secure: bool) -> Result<Self, StartError> {
@@ -152,7 +152,7 @@ impl LocalCluster {
             classpath,
             root: root.clone(),
             nodes: Vec::new(),
-            secured: secured.clone(),
+            secured: secured.clone().map(Box::new),
         };
         for (i, (port, controller_port)) in ports.iter().enumerate() {
             let id = (i + 1) as u32;
