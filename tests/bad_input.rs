@@ -551,3 +551,50 @@ fn partitions_added_to_the_input_while_running_are_picked_up() {
     );
     assert!(report.is_exactly_once(), "{report}");
 }
+
+/// An output record larger than its topic's `max.message.bytes`: the broker refuses it, which
+/// no replay can change, so the application stops — with the topic, the partition and the
+/// record's size in the message — instead of aborting and replaying forever. Nothing is
+/// committed past the batch that produced it.
+#[test]
+fn an_output_larger_than_the_topics_max_message_bytes_stops_naming_it() {
+    let kafka = shared();
+    let (input, output, app) = (unique("big-in"), unique("big-out"), unique("big-app"));
+    kafka.create_topic(&input, 1);
+    let mut spec = weir_testkit::TopicSpec::new(&output, 1);
+    spec.configs
+        .push(("max.message.bytes".into(), "4096".into()));
+    kafka.create_topic_with(spec);
+    let mut records = numbered(1, 200);
+    records[150].value = Some(vec![b'x'; 20_000]);
+    kafka.produce(&input, records);
+    let message = start_error(
+        config(kafka, &app, &input, &output)
+            .set("max.batch.records", 50)
+            .build()
+            .unwrap(),
+        Mirror,
+    );
+    assert!(
+        message.contains(&format!(
+            "an output record for topic {output:?} is larger than the broker accepts"
+        )),
+        "{message}"
+    );
+    // The record with key k0-150 (6 bytes) and its 20,000-byte value.
+    assert!(
+        message.contains("partition 0: a record of 20006 bytes (key 6, value 20000)"),
+        "names the record: {message}"
+    );
+    assert!(
+        message.contains("max.message.bytes"),
+        "says what to change: {message}"
+    );
+    let committed = kafka.committed_offsets(&app, &input)[&0];
+    assert!(
+        committed.is_none_or(|o| o <= 150),
+        "committed past it: {committed:?}"
+    );
+    assert_eq!(kafka.open_transactions(&output), vec![]);
+    eprintln!("too large: {message}");
+}

@@ -98,6 +98,20 @@ pub enum RuntimeError {
         message: String,
     },
 
+    /// The broker refused an output record as larger than its topic accepts.
+    #[error(
+        "an output record for topic {topic:?} is larger than the broker accepts ({detail}). \
+         Raise max.message.bytes on the topic (and the producer's message.max.bytes, \
+         `producer.message.max.bytes`), or emit smaller records. The transaction was aborted: \
+         nothing was committed past its input"
+    )]
+    TooLarge {
+        /// The output topic.
+        topic: String,
+        /// Partition and sizes.
+        detail: String,
+    },
+
     /// An output could not be produced.
     #[error("cannot produce to topic {topic:?} {}: {source}. Check the output topic and its partition count", match partition { Some(p) => format!("partition {p}"), None => "(the key's partition)".to_string() })]
     Produce {

@@ -248,6 +248,9 @@ impl WeirProducer {
 pub(crate) struct DeliveryState {
     failed: AtomicU64,
     first: Mutex<Option<String>>,
+    /// A record the broker refused as larger than the topic accepts: `(topic, description)`.
+    /// Replaying cannot help, so this stops the application (see `Engine::on_failure`).
+    too_large: Mutex<Option<(String, String, usize)>>,
     /// Whether any changelog topic is tracked: without one, a delivery takes no lock.
     tracking: AtomicBool,
     /// The changelog topics, and per changelog partition the highest offset delivered since
@@ -256,9 +259,16 @@ pub(crate) struct DeliveryState {
 }
 
 impl DeliveryState {
+    /// The record the broker refused as too large since the last reset, if any.
+    pub(crate) fn too_large(&self) -> Option<(String, String)> {
+        let too_large = self.too_large.lock().expect("poisoned");
+        too_large.as_ref().map(|(t, d, _)| (t.clone(), d.clone()))
+    }
+
     pub(crate) fn reset(&self) {
         self.failed.store(0, Ordering::SeqCst);
         *self.first.lock().expect("poisoned") = None;
+        *self.too_large.lock().expect("poisoned") = None;
         self.changelogs.lock().expect("poisoned").delivered.clear();
     }
 
@@ -311,6 +321,26 @@ impl ProducerContext for DeliveryContext {
             }
         }
         if let Err((error, message)) = result {
+            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                // The broker refuses the whole batch: name its largest record.
+                let size = message.key_len() + message.payload_len();
+                let mut too_large = self.0.too_large.lock().expect("poisoned");
+                if too_large
+                    .as_ref()
+                    .is_none_or(|(_, _, largest)| size > *largest)
+                {
+                    *too_large = Some((
+                        message.topic().to_string(),
+                        format!(
+                            "partition {}: a record of {size} bytes (key {}, value {}) in the refused batch",
+                            message.partition(),
+                            message.key_len(),
+                            message.payload_len()
+                        ),
+                        size,
+                    ));
+                }
+            }
             self.0.failed.fetch_add(1, Ordering::SeqCst);
             let mut first = self.0.first.lock().expect("poisoned");
             if first.is_none() {

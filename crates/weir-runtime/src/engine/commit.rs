@@ -180,6 +180,22 @@ impl Engine {
                         aborted = Some(source.to_string());
                         break;
                     }
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                        // Larger than the producer's message.max.bytes: refused before sending.
+                        let size = out.key.as_ref().map_or(0, |k| k.len())
+                            + out.value.as_ref().map_or(0, |v| v.len());
+                        result = Err(RuntimeError::TooLarge {
+                            topic: topic.to_string(),
+                            detail: format!(
+                                "{}: a record of {size} bytes",
+                                out.partition
+                                    .map_or("the key's partition".to_string(), |p| format!(
+                                        "partition {p}"
+                                    ))
+                            ),
+                        });
+                        break;
+                    }
                     Err(source) if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
                         result = Err(self.fatal("produce", source));
                         break;
@@ -507,7 +523,12 @@ impl Engine {
         let Failed { during, failure } = failed;
         match failure {
             Failure::Abortable(e) => {
+                // A record the broker refuses as too large fails the same way on every replay.
+                let too_large = self.delivery.too_large();
                 self.abort_and_rewind(during, &e.to_string()).await?;
+                if let Some((topic, detail)) = too_large {
+                    return Err(self.stop(RuntimeError::TooLarge { topic, detail }).await);
+                }
                 Ok(false)
             }
             Failure::Fatal(e) => {
