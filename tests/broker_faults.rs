@@ -39,8 +39,15 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
     eprintln!("3-broker cluster at {}", kafka.bootstrap_servers());
     let started = Instant::now();
     let mut g = AppGroup::new(&kafka, "mirror", 6, 3);
-    let records = numbered(6, 17_000);
+    let mut records = numbered(6, 17_000);
     let total = records.len() as i64;
+    // With the stall, the last 6,000 records arrive only after it: the pipeline must resume to
+    // finish.
+    let mut held_back = if below_min_isr {
+        records.split_off(records.len() - 6_000)
+    } else {
+        Vec::new()
+    };
     let live = kafka.live_reader(&g.output);
     let feeder = feed(
         &g.bootstrap,
@@ -90,7 +97,7 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
     if below_min_isr {
         // Two of three brokers down: every partition is below min.insync.replicas (2), and the
         // controller quorum is lost. Nothing can commit.
-        let target = (g.progress(&kafka) + total / 10).min(total - 1);
+        let target = (g.progress(&kafka) + total / 10).min(total - held_back.len() as i64);
         g.wait_progress(&kafka, target, Duration::from_secs(240));
         let before = g.progress(&kafka);
         let logged = |g: &AppGroup| -> Vec<String> {
@@ -131,6 +138,7 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         cluster
             .start_again(0)
             .unwrap_or_else(|e| panic!("restarting broker 0 after the stall: {e}"));
+        kafka.produce(&g.input, std::mem::take(&mut held_back));
         g.wait_progress(&kafka, before + 1, Duration::from_secs(180));
         let cluster = kafka.local_mut().expect("a local cluster");
         cluster
