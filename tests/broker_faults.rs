@@ -41,8 +41,8 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
     let mut g = AppGroup::new(&kafka, "mirror", 6, 3);
     let mut records = numbered(6, 17_000);
     let total = records.len() as i64;
-    // With the stall, the last 6,000 records arrive only after it: the pipeline must resume to
-    // finish.
+    // With the stall, the last 6,000 records arrive only after it (once both brokers are back):
+    // the pipeline must resume to finish.
     let mut held_back = if below_min_isr {
         records.split_off(records.len() - 6_000)
     } else {
@@ -138,13 +138,14 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         cluster
             .start_again(0)
             .unwrap_or_else(|e| panic!("restarting broker 0 after the stall: {e}"));
-        kafka.produce(&g.input, std::mem::take(&mut held_back));
         g.wait_progress(&kafka, before + 1, Duration::from_secs(180));
         let cluster = kafka.local_mut().expect("a local cluster");
         cluster
             .restart(1)
             .unwrap_or_else(|e| panic!("restarting broker 1 after the stall: {e}"));
         check_running(&mut instances, &g, "after the stall");
+        // Writable everywhere again (both brokers back and in sync): the rest of the input.
+        kafka.produce(&g.input, std::mem::take(&mut held_back));
         bounces.push(format!(
             "brokers 1 and 2 down together for 25 s: {} warnings logged, e.g. {:?}",
             said.len(),
