@@ -55,6 +55,29 @@ struct AckContext {
     acks: Mutex<Vec<Ack>>,
 }
 
+impl AckContext {
+    /// The delivery reports so far, as the acknowledged records of `records` (by index);
+    /// panics on a failed delivery, naming the record and `what` it was.
+    fn take_acked(&self, records: &[TestRecord], what: &str) -> Vec<ReadRecord> {
+        let acks = std::mem::take(&mut *self.acks.lock().expect("acks"));
+        acks.into_iter()
+            .map(|ack| match ack {
+                Ok((i, partition, offset, timestamp)) => ReadRecord {
+                    partition,
+                    offset,
+                    key: records[i].key.clone(),
+                    value: records[i].value.clone(),
+                    headers: records[i].headers.clone(),
+                    timestamp,
+                },
+                Err((i, e)) => panic!(
+                    "the broker did not acknowledge record #{i} {what}: {e}; the test's ground truth is the acknowledged sends"
+                ),
+            })
+            .collect()
+    }
+}
+
 impl ClientContext for AckContext {}
 
 impl ProducerContext for AckContext {
@@ -169,23 +192,9 @@ impl Kafka {
         producer
             .flush(Duration::from_secs(240))
             .unwrap_or_else(|e| panic!("flushing records to {topic}: {e}"));
-        let acks = std::mem::take(&mut *producer.context().acks.lock().expect("acks"));
-        let mut acked = Vec::with_capacity(records.len());
-        for ack in acks {
-            match ack {
-                Ok((i, partition, offset, timestamp)) => acked.push(ReadRecord {
-                    partition,
-                    offset,
-                    key: records[i].key.clone(),
-                    value: records[i].value.clone(),
-                    headers: records[i].headers.clone(),
-                    timestamp,
-                }),
-                Err((i, e)) => panic!(
-                    "the broker did not acknowledge record #{i} sent to {topic}: {e}; the test's ground truth is the acknowledged sends"
-                ),
-            }
-        }
+        let acked = producer
+            .context()
+            .take_acked(&records, &format!("sent to {topic}"));
         assert_eq!(
             acked.len(),
             records.len(),
@@ -235,23 +244,9 @@ impl Kafka {
             producer
                 .flush(timeout)
                 .unwrap_or_else(|e| panic!("flushing transaction #{t} to {topic}: {e}"));
-            let acks = std::mem::take(&mut *producer.context().acks.lock().expect("acks"));
-            let acked: Vec<ReadRecord> = acks
-                .into_iter()
-                .map(|ack| match ack {
-                    Ok((i, partition, offset, timestamp)) => ReadRecord {
-                        partition,
-                        offset,
-                        key: records[i].key.clone(),
-                        value: records[i].value.clone(),
-                        headers: records[i].headers.clone(),
-                        timestamp,
-                    },
-                    Err((i, e)) => panic!(
-                        "the broker did not acknowledge record #{i} of transaction #{t} to {topic}: {e}"
-                    ),
-                })
-                .collect();
+            let acked = producer
+                .context()
+                .take_acked(&records, &format!("of transaction #{t} to {topic}"));
             if abort(t) {
                 producer
                     .abort_transaction(timeout)
