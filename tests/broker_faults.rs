@@ -39,6 +39,11 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
     eprintln!("3-broker cluster at {}", kafka.bootstrap_servers());
     let started = Instant::now();
     let mut g = AppGroup::new(&kafka, "mirror", 6, 3);
+    if below_min_isr {
+        g.metrics = (0..3)
+            .map(|_| weir_testkit::metrics::free_address())
+            .collect();
+    }
     let mut records = numbered(6, 17_000);
     let total = records.len() as i64;
     // With the stall, the last 6,000 records arrive only after it (once both brokers are back):
@@ -130,9 +135,27 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // weir's own word for it, in the log and in the gauge (its threshold is
+        // transaction.timeout.ms, 10 s): every instance has errors or records waiting.
+        let stalled = said
+            .iter()
+            .filter(|l| l.contains("stalled: nothing committed"))
+            .count();
         assert!(
-            !said.is_empty(),
-            "no instance said anything during the stall"
+            stalled >= 1,
+            "no instance logged that it stalled; they said: {said:#?}"
+        );
+        let gauges: Vec<Option<f64>> = g
+            .metrics
+            .iter()
+            .map(|a| {
+                weir_testkit::metrics::try_scrape(a)
+                    .and_then(|t| weir_testkit::metrics::sample(&t, "weir_stalled", ""))
+            })
+            .collect();
+        assert!(
+            gauges.contains(&Some(1.0)),
+            "no instance shows weir_stalled 1 during the stall: {gauges:?}"
         );
         let cluster = kafka.local_mut().expect("a local cluster");
         cluster
@@ -147,14 +170,43 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         // Writable everywhere again (both brokers back and in sync): the rest of the input.
         kafka.produce(&g.input, std::mem::take(&mut held_back));
         bounces.push(format!(
-            "brokers 1 and 2 down together for 25 s: {} warnings logged, e.g. {:?}",
+            "brokers 1 and 2 down together for 25 s: {} warnings logged, {stalled} of them weir's \"stalled\", e.g. {:?}",
             said.len(),
-            said.first()
-                .map(|l| l.chars().take(200).collect::<String>())
+            said.iter()
+                .find(|l| l.contains("stalled: nothing committed"))
+                .map(|l| l.chars().take(300).collect::<String>())
         ));
     }
     feeder.join().expect("feeder");
     g.wait_done(&kafka, Duration::from_secs(240));
+    if below_min_isr {
+        // Committing again, each stalled instance said so and cleared its gauge.
+        for i in 0..3 {
+            let log = g
+                .logs(i)
+                .last()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .unwrap_or_default();
+            let stalled = log.rfind("stalled: nothing committed");
+            let resumed = log.rfind("resumed: ");
+            assert!(
+                stalled.is_none() || resumed > stalled,
+                "instance {i} stalled and never said it resumed; {}",
+                g.weir_tail(i, 20)
+            );
+        }
+        wait_for(
+            "every instance's weir_stalled to be 0",
+            Duration::from_secs(30),
+            || {
+                g.metrics.iter().all(|a| {
+                    weir_testkit::metrics::try_scrape(a)
+                        .and_then(|t| weir_testkit::metrics::sample(&t, "weir_stalled", ""))
+                        .is_none_or(|v| v == 0.0)
+                })
+            },
+        );
+    }
     for (i, p) in instances.into_iter().enumerate() {
         let status = p.terminate(Duration::from_secs(60));
         assert!(

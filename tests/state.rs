@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -60,7 +61,11 @@ impl Totals<'_> {
                 .iter()
                 .flat_map(|d| ["--dead-letter-topic", d.as_str()]),
         )
-        .env("RUST_LOG", "info,rdkafka=warn")
+        // Each restore batch applied is a debug line (with the changelog position it reached).
+        .env(
+            "RUST_LOG",
+            "info,rdkafka=warn,weir_runtime::changelog=debug",
+        )
         .stdout(Stdio::null())
         .stderr(log);
         if let Some(f) = failpoint {
@@ -346,11 +351,48 @@ fn a_damaged_state_directory_is_moved_aside_and_restored_from_the_changelog() {
     t.verify();
 }
 
+/// The numeric field `name=` of a log line.
+fn field(line: &str, name: &str) -> Option<i64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Per task, the changelog position of the last restore batch a run applied, for the tasks
+/// whose restore it did not finish.
+fn unfinished_restores(log: &str) -> BTreeMap<i64, i64> {
+    let mut reached = BTreeMap::new();
+    for line in log.lines() {
+        if line.contains("restore batch applied") {
+            if let (Some(task), Some(position)) = (field(line, "task"), field(line, "position")) {
+                reached.insert(task, position);
+            }
+        } else if line.contains("restore finished") {
+            if let Some(task) = field(line, "task") {
+                reached.remove(&task);
+            }
+        }
+    }
+    reached
+}
+
+/// Per task, where the run's restores started (`from=`).
+fn restore_starts(log: &str) -> BTreeMap<i64, i64> {
+    log.lines()
+        .filter(|l| l.contains("restoring state from the changelog"))
+        .filter_map(|l| Some((field(l, "task")?, field(l, "from")?)))
+        .collect()
+}
+
 /// SIGKILL and then SIGTERM while a lost state directory is being restored from its changelog:
-/// the kill leaves a partial restore that is never trusted, the SIGTERM stops cleanly, and a
-/// later start restores again and goes on exactly.
+/// each batch a restore applied carries its changelog position, so the next start resumes
+/// each unfinished restore where the interrupted one stopped (not from the beginning), the
+/// SIGTERM stops cleanly, and state stays exact.
 #[test]
-fn a_restore_interrupted_by_sigkill_or_sigterm_is_redone_and_state_stays_exact() {
+fn a_restore_interrupted_by_sigkill_or_sigterm_resumes_where_it_stopped_and_state_stays_exact() {
     let kafka = shared();
     let t = Totals::new(kafka, 2);
     let state = state_dir();
@@ -362,28 +404,55 @@ fn a_restore_interrupted_by_sigkill_or_sigterm_is_redone_and_state_stays_exact()
     assert!(totals.terminate(Duration::from_secs(60)).success());
     std::fs::remove_dir_all(&state).unwrap();
 
-    let restoring = |t: &Totals<'_>| {
-        wait_for("a restore to start", Duration::from_secs(60), || {
-            t.last_log().contains("restoring state from the changelog")
-        });
-    };
+    // SIGKILL once a restore has applied a batch.
     let totals = t.start(&state, None);
-    restoring(&t);
+    wait_for(
+        "a restore batch to be applied",
+        Duration::from_secs(60),
+        || t.last_log().contains("restore batch applied"),
+    );
     totals.kill();
     let killed = t.last_log();
+    let reached = unfinished_restores(&killed);
     assert!(
-        killed.matches("restore finished").count() < 2,
-        "the SIGKILL came after both restores had finished:\n{killed}"
+        !reached.is_empty(),
+        "the SIGKILL came after every restore had finished:\n{killed}"
+    );
+    assert_eq!(
+        restore_starts(&killed)
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![0; restore_starts(&killed).len()],
+        "a lost directory restores from the beginning"
     );
 
+    // The next start resumes each unfinished restore at (or after) its last batch; SIGTERM it
+    // while it restores.
     let totals = t.start(&state, None);
-    restoring(&t);
+    wait_for(
+        "the restores to start again",
+        Duration::from_secs(60),
+        || {
+            let starts = restore_starts(&t.last_log());
+            reached.keys().all(|task| starts.contains_key(task))
+        },
+    );
     let status = totals.terminate(Duration::from_secs(60));
     let termed = t.last_log();
     assert!(
         status.success(),
         "SIGTERM during a restore: {status}\n{termed}"
     );
+    let resumed = restore_starts(&termed);
+    for (task, position) in &reached {
+        assert!(
+            resumed[task] >= *position && *position > 0,
+            "task {task}: the killed restore had reached changelog offset {position}, the next \
+             one started at {}:\n{termed}",
+            resumed[task]
+        );
+    }
 
     kafka.produce(&t.input, records[100_000..].to_vec());
     let totals = t.start(&state, None);
@@ -391,8 +460,7 @@ fn a_restore_interrupted_by_sigkill_or_sigterm_is_redone_and_state_stays_exact()
     assert!(totals.terminate(Duration::from_secs(60)).success());
     t.verify();
     eprintln!(
-        "restores: killed after {} finished, SIGTERMed after {} finished, then {} on the last start",
-        killed.matches("restore finished").count(),
+        "restores: killed at changelog positions {reached:?}; the next start resumed at {resumed:?}, SIGTERMed after {} finished; then {} on the last start",
         termed.matches("restore finished").count(),
         t.last_log().matches("restore finished").count()
     );

@@ -34,6 +34,8 @@ pub struct AppGroup {
     /// `--set KEY=VALUE` for every instance.
     pub settings: Vec<String>,
     pub commit_interval_ms: u64,
+    /// Per instance, where it serves its metrics (`metrics.address`); none if empty.
+    pub metrics: Vec<String>,
     /// Partitions of the input and the output.
     pub partitions: i32,
     runs: usize,
@@ -53,6 +55,7 @@ impl AppGroup {
             // minimum so the scenarios stay short.
             settings: vec!["consumer.session.timeout.ms=6000".into()],
             commit_interval_ms: 100,
+            metrics: Vec::new(),
             partitions,
             runs: 0,
         };
@@ -76,6 +79,13 @@ impl AppGroup {
             .arg(&self.dirs[i])
             .args(["--commit-interval-ms", &self.commit_interval_ms.to_string()])
             .args(self.settings.iter().flat_map(|s| ["--set", s.as_str()]))
+            .args(
+                self.metrics
+                    .get(i)
+                    .map(|a| ["--set".to_string(), format!("metrics.address={a}")])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log);
@@ -125,7 +135,7 @@ impl AppGroup {
 
     /// Waits until the group has committed at least `target` input records.
     pub fn wait_progress(&self, kafka: &Kafka, target: i64, timeout: Duration) {
-        wait_for(
+        self.wait_for(
             &format!("{} to commit {target} input records", self.app),
             timeout,
             || self.progress(kafka) >= target,
@@ -135,7 +145,7 @@ impl AppGroup {
     /// Waits until the committed offsets reach the end of the input on every partition.
     pub fn wait_done(&self, kafka: &Kafka, timeout: Duration) {
         let ends = kafka.end_offsets(&self.input, Isolation::ReadCommitted);
-        wait_for(
+        self.wait_for(
             &format!("{} to reach the end of its input {ends:?}", self.app),
             timeout,
             || {
@@ -144,6 +154,38 @@ impl AppGroup {
                     .all(|(p, end)| c.get(p).copied().flatten() == Some(*end))
             },
         );
+    }
+
+    /// [`wait_for`], failing with what each instance said last (weir's own lines, not
+    /// librdkafka's): why the group did not get there.
+    fn wait_for(&self, what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(what, timeout, check)
+        }));
+        if let Err(panic) = waited {
+            let said: Vec<String> = (0..self.dirs.len())
+                .map(|i| self.weir_tail(i, 15))
+                .collect();
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "wait failed".into());
+            panic!("{message}\n{}", said.join("\n"));
+        }
+    }
+
+    /// The last `lines` lines weir itself logged in instance `i`'s latest run.
+    pub fn weir_tail(&self, i: usize, lines: usize) -> String {
+        let Some(path) = self.logs(i).pop() else {
+            return format!("(instance {i} has no log)");
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({e})"));
+        let own: Vec<&str> = text.lines().filter(|l| !l.contains("rdkafka")).collect();
+        let tail = own[own.len().saturating_sub(lines)..].join("\n");
+        format!(
+            "instance {i}, last weir lines of {}:\n{tail}",
+            path.display()
+        )
     }
 
     /// The checks every scenario ends with, after every instance has stopped: the output

@@ -130,6 +130,17 @@ pub struct Config {
     )]
     pub transaction_timeout: Duration,
 
+    /// `stall.timeout.ms`: how long weir keeps replacing a failing producer (a broker outage,
+    /// a lost controller quorum) with no successful commit in between before it stops the
+    /// application with the last error. Default 300000 (5 minutes), as Kafka Streams'
+    /// `task.timeout.ms`. Must be at least `transaction.timeout.ms`.
+    #[serde(
+        rename = "stall.timeout.ms",
+        default = "defaults::stall_timeout",
+        with = "millis"
+    )]
+    pub stall_timeout: Duration,
+
     /// `group.protocol`: `classic` (default; cooperative-sticky) or `consumer` (KIP-848).
     #[serde(rename = "group.protocol", default)]
     pub group_protocol: GroupProtocol,
@@ -230,6 +241,9 @@ mod defaults {
     }
     pub(super) fn transaction_timeout() -> Duration {
         Duration::from_millis(10_000)
+    }
+    pub(super) fn stall_timeout() -> Duration {
+        Duration::from_millis(300_000)
     }
     pub(super) fn commit_overlap() -> bool {
         true
@@ -482,6 +496,17 @@ impl Config {
                      transaction.timeout.ms (default 10000) or lower commit.interval.ms",
                     self.transaction_timeout.as_millis(),
                     self.commit_interval.as_millis()
+                ),
+            ));
+        }
+        if self.stall_timeout < self.transaction_timeout {
+            return Err(invalid(
+                "stall.timeout.ms",
+                format!(
+                    "{} ms is below transaction.timeout.ms ({} ms): one producer failure can take \
+                     that long to show. Raise stall.timeout.ms (default 300000)",
+                    self.stall_timeout.as_millis(),
+                    self.transaction_timeout.as_millis()
                 ),
             ));
         }
@@ -756,6 +781,22 @@ mod tests {
             "{MINIMAL}\ncommit.interval.ms = 5000\ntransaction.timeout.ms = 5000\nprocessing.guarantee = \"at_least_once\""
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn stall_timeout_defaults_to_five_minutes_and_must_cover_a_transaction() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.stall_timeout, Duration::from_secs(300));
+        let err =
+            Config::from_toml_str(&format!("{MINIMAL}\nstall.timeout.ms = 9999")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`stall.timeout.ms`"), "{msg}");
+        assert!(
+            msg.contains("9999 ms is below transaction.timeout.ms (10000 ms)"),
+            "{msg}"
+        );
+        let c = Config::from_toml_str(&format!("{MINIMAL}\nstall.timeout.ms = 10000")).unwrap();
+        assert_eq!(c.stall_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -33,10 +33,9 @@ pub fn consumer_config(config: &Config, instance_id: &str) -> ClientConfig {
     c.set("fetch.wait.max.ms", "50")
         .set("fetch.queue.backoff.ms", "10")
         .set("allow.auto.create.topics", "false");
-    if config.metrics_address.is_some() {
-        // The statistics carry the consumer lag per partition (`weir_consumer_lag`).
-        c.set("statistics.interval.ms", "5000");
-    }
+    // The statistics carry the consumer lag per partition (`weir_consumer_lag`), which also
+    // tells weir's stall watch whether input waits.
+    c.set("statistics.interval.ms", "5000");
     apply(&mut c, &config.kafka);
     apply(&mut c, &config.consumer);
     if config.static_membership {

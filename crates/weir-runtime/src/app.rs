@@ -193,11 +193,14 @@ impl App {
         if let Some(spare) = spare {
             engine.set_spare(spare);
         }
+        let stall = Arc::clone(engine.stall_watch());
+        crate::stall::watch(&stall);
         let engine = Arc::new(Mutex::new(engine));
         let (rewind_pending, committed) = engine.lock().await.shared_with_handler();
         let handler = RebalanceHandler {
             rewind_pending,
             committed,
+            stall,
             engine: Arc::clone(&engine),
             handle: Handle::current(),
             revocations: AtomicU64::new(0),
@@ -376,6 +379,7 @@ async fn step(
         if let Err(e) = poll_error(e) {
             return Err(name_missing_input(config, e).await);
         }
+        engine.trouble();
     }
     engine.settle_if_finished().await?;
     engine.process(&polled.records).await?;

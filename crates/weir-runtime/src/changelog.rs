@@ -68,8 +68,9 @@ pub(crate) fn ensure_changelogs(
 }
 
 /// Restores `store` of `task` from its changelog partition, from `from` (or the beginning,
-/// after wiping the local copy) to the last stable offset, in batches. Returns the next
-/// changelog offset. Blocking.
+/// after wiping the local copy) to the last stable offset, in batches. Each batch records the
+/// changelog position it reached with it (`StateManager::restore_batch`), so an interrupted
+/// restore resumes there. Returns the next changelog offset. Blocking.
 pub(crate) fn restore(
     config: &Config,
     state: &StateManager,
@@ -149,10 +150,16 @@ pub(crate) fn restore(
             }
         }
         if batch.len() >= 10_000 || ((progress.position >= end || eof) && !batch.is_empty()) {
-            state.restore_batch(task, store, &batch)?;
+            state.restore_batch(task, store, &batch, progress.position)?;
             progress.restored += batch.len() as u64;
             batch.clear();
             report(&progress);
+            tracing::debug!(
+                topic,
+                task,
+                position = progress.position,
+                "restore batch applied"
+            );
         }
         if last_log.elapsed() > Duration::from_secs(5) {
             let (position, restored) = (progress.position, progress.restored);

@@ -15,6 +15,7 @@
 //! | `failpoint` | named crash and error points at each step of the commit cycle, for tests |
 //! | `threads` | where blocking work runs: tokio's blocking pool, detached threads |
 //! | `telemetry` | every event, one place: a `tracing` event and a metric |
+//! | `stall` | when an instance cannot commit: the `stalled` / `resumed` log lines and the `weir_stalled` gauge |
 //! | `instance` | the state directory's lock and the stable instance id |
 //! | `producer` | weir's producer: produce without copies, delivery reports, drain |
 //! | `txn` | transactional calls and the one policy per error class; creating producers |
@@ -35,6 +36,7 @@ mod instance;
 mod poll;
 mod producer;
 mod rebalance;
+mod stall;
 mod summary;
 mod telemetry;
 mod threads;

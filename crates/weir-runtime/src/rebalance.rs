@@ -64,6 +64,8 @@ pub(crate) struct RebalanceHandler<L> {
     pub(crate) rewind_pending: Arc<AtomicBool>,
     /// The engine's committed offsets (see `Engine::committed_view`).
     pub(crate) committed: Arc<StdMutex<std::collections::BTreeMap<TopicPartition, i64>>>,
+    /// The engine's stall watch (see `stall.rs`): told whether input waits.
+    pub(crate) stall: Arc<crate::stall::StallWatch>,
 }
 
 impl<L> std::fmt::Debug for RebalanceHandler<L> {
@@ -73,10 +75,10 @@ impl<L> std::fmt::Debug for RebalanceHandler<L> {
 }
 
 impl<L: RebalanceListener> ClientContext for RebalanceHandler<L> {
-    /// librdkafka's statistics (every `statistics.interval.ms`, set with `metrics.address`):
-    /// the consumer lag of each assigned partition: the end of its log (last stable offset) minus
-    /// the offset weir committed (librdkafka's own `consumer_lag` does not know the offsets a
-    /// transaction commits).
+    /// librdkafka's statistics (every 5 s, `statistics.interval.ms`): the consumer lag of each
+    /// assigned partition: the end of its log (last stable offset) minus the offset weir
+    /// committed (librdkafka's own `consumer_lag` does not know the offsets a transaction
+    /// commits); and for the stall watch, whether any of them is behind.
     /// Parsed here rather than through `rdkafka::Statistics`, whose strict schema does not
     /// follow every librdkafka version.
     fn stats_raw(&self, statistics: &[u8]) {
@@ -91,7 +93,8 @@ impl<L: RebalanceListener> ClientContext for RebalanceHandler<L> {
             .committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::telemetry::consumer_lag(&stats, &committed);
+        let behind = crate::telemetry::consumer_lag(&stats, &committed);
+        self.stall.set_behind(behind);
     }
 }
 

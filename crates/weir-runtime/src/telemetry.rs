@@ -110,6 +110,11 @@ fn describe() {
         Unit::Seconds,
         "Time the processing loop waited, by what for: input (the next batch), output (room in the producer's queue: back-pressure), commit"
     );
+    describe_gauge!(
+        "weir_stalled",
+        "1 while the instance is stalled: nothing committed for longer than transaction.timeout.ms while records wait or errors keep coming"
+    );
+    describe_counter!("weir_stalls_total", "Stalls reported (see weir_stalled)");
     describe_counter!("weir_poison_skipped_total", "Poison records skipped");
     describe_counter!(
         "weir_dead_lettered_total",
@@ -119,8 +124,12 @@ fn describe() {
 
 /// Consumer lag per assigned partition: the partition's end (`ls_offset`, the last stable
 /// offset — the high watermark under read_uncommitted — from librdkafka's statistics JSON)
-/// minus the offset weir committed for it.
-pub(crate) fn consumer_lag(stats: &serde_json::Value, committed: &BTreeMap<TopicPartition, i64>) {
+/// minus the offset weir committed for it. Returns whether any partition lags.
+pub(crate) fn consumer_lag(
+    stats: &serde_json::Value,
+    committed: &BTreeMap<TopicPartition, i64>,
+) -> bool {
+    let mut behind = false;
     for (tp, offset) in committed {
         let p = &stats["topics"][&tp.topic]["partitions"][tp.partition.to_string()];
         let end = ["ls_offset", "hi_offset"]
@@ -128,10 +137,12 @@ pub(crate) fn consumer_lag(stats: &serde_json::Value, committed: &BTreeMap<Topic
             .filter_map(|k| p[k].as_i64())
             .find(|o| *o >= 0);
         if let Some(end) = end {
+            behind |= end > *offset;
             gauge!("weir_consumer_lag", "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
                 .set((end - offset).max(0) as f64);
         }
     }
+    behind
 }
 
 /// A partition this instance no longer owns: its lag is its new owner's to report.
@@ -193,6 +204,33 @@ pub(crate) fn aborted(during: &'static str, cause: &str) {
 
 pub(crate) fn retrying(during: &'static str, cause: &str, attempt: u32, backoff: Duration) {
     tracing::warn!(during, cause, attempt, ?backoff, "retrying");
+}
+
+/// A stall begins (see `stall.rs`).
+pub(crate) fn stalled(quiet: Duration, waiting: u64, errors: u64, threshold: Duration) {
+    gauge!("weir_stalled").set(1.0);
+    counter!("weir_stalls_total").increment(1);
+    tracing::warn!(
+        nothing_committed_for = ?quiet,
+        waiting_records = waiting,
+        errors_since_commit = errors,
+        "stalled: nothing committed for longer than transaction.timeout.ms ({} ms) while \
+         records wait or errors keep coming. The cluster may be unavailable (brokers down, \
+         partitions below min.insync.replicas, no controller quorum); weir keeps retrying and \
+         resumes by itself",
+        threshold.as_millis()
+    );
+}
+
+/// A stall ends: by a commit, or because nothing waits and no errors came any more.
+pub(crate) fn resumed(after: Duration, committed: bool) {
+    gauge!("weir_stalled").set(0.0);
+    let how = if committed {
+        "committed again"
+    } else {
+        "nothing waits and no errors came"
+    };
+    tracing::info!(stalled_for = ?after, "resumed: {how}");
 }
 
 pub(crate) fn poison(skipped: u64, dead_lettered: u64) {

@@ -612,12 +612,17 @@ impl StateManager {
         Ok(true)
     }
 
-    /// Writes a batch of changelog records (restore); `None` values delete.
+    /// Writes a batch of changelog records (restore); `None` values delete. `next` is the
+    /// changelog offset after the batch: it becomes the store's restore position in the task's
+    /// metadata in the same atomic write, so a restore that is interrupted (SIGKILL, SIGTERM)
+    /// resumes there instead of starting over. `R` (the input offsets) is untouched until
+    /// [`finish_restore`](Self::finish_restore): a partly restored task stays "behind".
     pub fn restore_batch(
         &self,
         task: i32,
         store: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
+        next: i64,
     ) -> Result<(), StateStoreError> {
         let mut batch = WriteBatch::default();
         for (k, v) in records {
@@ -626,6 +631,12 @@ impl StateManager {
                 None => batch.delete(data_key(task, store, k)),
             }
         }
+        let mut meta = self.meta(task)?.unwrap_or_default();
+        meta.changelog.insert(store.to_string(), next);
+        batch.put(
+            task_key(META, task),
+            serde_json::to_vec(&meta).expect("serializable"),
+        );
         self.db.write(batch).map_err(|e| self.rocks(&e))
     }
 
@@ -957,6 +968,56 @@ mod tests {
             err.contains("in/0: local 5 vs committed 2") && err.contains("--reset-state"),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_interrupted_restore_resumes_after_its_last_batch_and_stays_behind_until_finished() {
+        let dir = tmp();
+        let m = open(&dir);
+        let k: BTreeMap<_, _> = [("in".to_string(), (Some(100), Some(7)))].into();
+        assert_eq!(
+            m.compare(0, &k, false).unwrap(),
+            RecoveryOutcome::Behind {
+                changelog_from: BTreeMap::new()
+            },
+            "nothing local: restore from the beginning"
+        );
+        // A restore from the beginning writes two batches, then the process dies.
+        m.restore_batch(0, "s", &[(b"a".to_vec(), Some(b"1".to_vec()))], 40)
+            .unwrap();
+        m.restore_batch(
+            0,
+            "s",
+            &[(b"a".to_vec(), None), (b"b".to_vec(), Some(b"2".to_vec()))],
+            75,
+        )
+        .unwrap();
+        drop(m);
+        let mut m = open(&dir);
+        // Still behind K (R was never set), and the changelog resumes at 75, not 0.
+        assert_eq!(
+            m.compare(0, &k, false).unwrap(),
+            RecoveryOutcome::Behind {
+                changelog_from: [("s".to_string(), 75)].into()
+            }
+        );
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), None);
+        assert_eq!(m.access(0).get("s", b"b").unwrap(), Some(b"2".to_vec()));
+        m.finish_restore(
+            0,
+            [("in".to_string(), 100)].into(),
+            7,
+            [("s".to_string(), 90)].into(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.compare(0, &k, false).unwrap(),
+            RecoveryOutcome::InStep {
+                rolled_forward: false
+            }
+        );
+        assert_eq!(m.meta(0).unwrap().unwrap().changelog["s"], 90);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -452,6 +452,10 @@ impl Engine {
         );
         self.totals.commits += 1;
         self.replacements_in_a_row = 0;
+        self.failing_since = None;
+        if let Some(resumed) = self.stall.committed(Instant::now()) {
+            self.stall.report(resumed);
+        }
         self.totals.records_in += info.records_in;
         self.totals.records_out += info.records_out;
         self.consecutive_failures = 0;
@@ -511,6 +515,7 @@ impl Engine {
                 // Not fatal: the outputs are acknowledged, and the positions stay to be
                 // committed next time (or the records are reprocessed: at-least-once).
                 telemetry::transient("commit offsets", &e.to_string());
+                self.trouble();
                 Ok(None)
             }
         }
@@ -563,6 +568,7 @@ impl Engine {
             }
         }
         telemetry::aborted(during, cause);
+        self.stall.dropped(Instant::now());
         self.totals.aborts += 1;
         self.abort_open().await?;
         self.positions.clear();

@@ -4,7 +4,7 @@
 //! a back-off, every task resumed from the committed offsets.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
@@ -17,10 +17,9 @@ use crate::threads::detached;
 use crate::txn::new_producer;
 use crate::{telemetry, RuntimeError};
 
-/// Producer replacements allowed with no commit between them (see
-/// [`Engine::replace_producer`]); with the back-off between them, at least 15 s plus five
-/// failures of the cluster.
-const MAX_REPLACEMENTS_IN_A_ROW: u32 = 5;
+/// The longest wait between two producer replacements with no commit between them (see
+/// [`Engine::replace_producer`]).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Whether the producer can go on, or which failure a new producer heals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,28 +101,34 @@ impl Engine {
     /// transaction (`INVALID_TXN_STATE`, fatal in librdkafka). Real fencing is not healed (see
     /// [`producer_failed`](Self::producer_failed)). A broker failure can take more than one
     /// replacement (each new transaction may time out again until the controller has moved the
-    /// dead broker's leaders), so the budget counts replacements with no commit between them:
-    /// after [`MAX_REPLACEMENTS_IN_A_ROW`], the next failure stops the application with
-    /// `cause`, since something is persistently wrong.
+    /// dead broker's leaders, or while a lost quorum or too few in-sync replicas hold every
+    /// commit back), so replacements go on, further apart each time (0, 1, 2, 4, ... up to
+    /// [`MAX_BACKOFF`]), for as long as `stall.timeout.ms` since the first failure with no
+    /// commit since; the next failure after that stops the application with `cause`: something
+    /// is persistently wrong.
     pub(crate) async fn replace_producer(
         &mut self,
         cause: RuntimeError,
     ) -> Result<(), RuntimeError> {
-        if self.replacements_in_a_row >= MAX_REPLACEMENTS_IN_A_ROW {
+        let now = Instant::now();
+        let failing_for = now.saturating_duration_since(*self.failing_since.get_or_insert(now));
+        if failing_for >= self.config.stall_timeout {
             tracing::error!(
                 replacements = self.replacements_in_a_row,
-                "the producer failed again after {MAX_REPLACEMENTS_IN_A_ROW} replacements with no \
-                 commit between them; stopping"
+                failing_for = ?failing_for,
+                "the producer kept failing for stall.timeout.ms ({} ms) with no commit; stopping",
+                self.config.stall_timeout.as_millis()
             );
             return Err(self.stop(cause).await);
         }
         self.replacements_in_a_row += 1;
         // The first replacement is immediate; the next ones (nothing committed since) give the
-        // cluster time to recover: 1 s, 2 s, 4 s, 8 s.
+        // cluster time to recover.
         let backoff = match self.replacements_in_a_row {
             1 => Duration::ZERO,
-            n => Duration::from_secs(1 << (n - 2)),
+            n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_BACKOFF),
         };
+        self.stall.dropped(now);
         tracing::warn!(error = %cause, transactional_id = %self.transactional_id,
             "the producer failed; replacing it and resuming every task from the committed offsets");
         telemetry::aborted("replacing the producer", &cause.to_string());

@@ -70,6 +70,7 @@ use weir_state::StateManager;
 use crate::changelog::RestoreObserver;
 use crate::producer::{DeliveryState, WeirProducer};
 use crate::rebalance::{RebalanceHandler, RebalanceListener};
+use crate::stall::StallWatch;
 use crate::summary::{CommitReason, RunSummary, Wait};
 use crate::threads::{blocking, detached};
 use crate::txn::{CALL_TIMEOUT, WATCHDOG};
@@ -133,6 +134,10 @@ pub(crate) struct Engine {
     totals: RunSummary,
     /// Producer replacements since the last successful commit (see `replace_producer`).
     replacements_in_a_row: u32,
+    /// When the first of those replacements began.
+    failing_since: Option<Instant>,
+    /// Whether the instance can commit what it processed (see `stall.rs`).
+    stall: Arc<StallWatch>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -166,7 +171,6 @@ impl Engine {
             Guarantee::AtLeastOnce => Mode::AtLeastOnce,
         };
         Self {
-            config,
             instance_id,
             transactional_id,
             processor,
@@ -194,6 +198,11 @@ impl Engine {
             stopped: false,
             totals: RunSummary::default(),
             replacements_in_a_row: 0,
+            failing_since: None,
+            stall: Arc::new(StallWatch::new(
+                config.transaction_timeout.max(2 * config.commit_interval),
+            )),
+            config,
         }
     }
 
@@ -228,6 +237,16 @@ impl Engine {
             Arc::clone(&self.rewind_pending),
             Arc::clone(&self.committed_view),
         )
+    }
+
+    /// The stall watch, for its once-a-second check (`stall::watch`).
+    pub(crate) fn stall_watch(&self) -> &Arc<StallWatch> {
+        &self.stall
+    }
+
+    /// A transient error: the stall watch counts it.
+    pub(crate) fn trouble(&self) {
+        self.stall.trouble(Instant::now());
     }
 
     /// An error a rebalance callback parked, if any.
@@ -352,6 +371,7 @@ impl Engine {
                 }
                 self.pending_in += records as u64;
                 self.pending_out += produced;
+                self.stall.processed(records as u64);
                 telemetry::batch(records, produced as usize);
                 Ok(())
             }
