@@ -106,7 +106,9 @@ impl Processor for Etl {
             };
             let value = serde_json::to_vec(&enriched).map_err(ProcessError::fatal)?;
             ctx.emit(
-                Output::new(Some(order.order_id.as_bytes()), value).to_partition(record.partition),
+                Output::new(Some(order.order_id.as_bytes()), value)
+                    .to_partition(record.partition)
+                    .for_input(record),
             );
         }
         Ok(())

@@ -552,14 +552,14 @@ fn partitions_added_to_the_input_while_running_are_picked_up() {
     assert!(report.is_exactly_once(), "{report}");
 }
 
-/// An output record larger than its topic's `max.message.bytes`: the broker refuses it, which
-/// no replay can change, so the application stops — with the topic, the partition and the
-/// record's size in the message — instead of aborting and replaying forever. Nothing is
-/// committed past the batch that produced it.
-#[test]
-fn an_output_larger_than_the_topics_max_message_bytes_stops_naming_it() {
-    let kafka = shared();
-    let (input, output, app) = (unique("big-in"), unique("big-out"), unique("big-app"));
+/// An input topic of 200 records (one partition), record 150's value 20,000 bytes, and an
+/// output topic that accepts records up to 4,096 bytes (`max.message.bytes`).
+fn too_large_topics(kafka: &Kafka, name: &str) -> (String, String, String) {
+    let (input, output, app) = (
+        unique(&format!("{name}-in")),
+        unique(&format!("{name}-out")),
+        unique(&format!("{name}-app")),
+    );
     kafka.create_topic(&input, 1);
     let mut spec = weir_testkit::TopicSpec::new(&output, 1);
     spec.configs
@@ -568,6 +568,17 @@ fn an_output_larger_than_the_topics_max_message_bytes_stops_naming_it() {
     let mut records = numbered(1, 200);
     records[150].value = Some(vec![b'x'; 20_000]);
     kafka.produce(&input, records);
+    (input, output, app)
+}
+
+/// An output record larger than its topic's `max.message.bytes`, made from an input record
+/// (`Record::forward`): no replay can make it fit, so it is that input record's poison. Under
+/// `fail` (the default) the application stops naming the input record and the output's size
+/// and limit, with nothing committed past the batch that produced it.
+#[test]
+fn an_output_larger_than_the_topic_accepts_is_its_input_records_poison_under_fail() {
+    let kafka = shared();
+    let (input, output, app) = too_large_topics(kafka, "big");
     let message = start_error(
         config(kafka, &app, &input, &output)
             .set("max.batch.records", 50)
@@ -577,18 +588,17 @@ fn an_output_larger_than_the_topics_max_message_bytes_stops_naming_it() {
     );
     assert!(
         message.contains(&format!(
-            "an output record for topic {output:?} is larger than the broker accepts"
+            "poison record at topic {input} partition 0 offset 150"
         )),
-        "{message}"
+        "names the input record: {message}"
     );
-    // The record with key k0-150 (6 bytes) and its 20,000-byte value.
+    // k0-150 (6 bytes) and its 20,000-byte value, plus batch framing.
     assert!(
-        message.contains("partition 0: a record of 20006 bytes (key 6, value 20000)"),
-        "names the record: {message}"
-    );
-    assert!(
-        message.contains("max.message.bytes"),
-        "says what to change: {message}"
+        message.contains(&format!(
+            "its output to topic {output:?} is larger than the broker accepts"
+        )) && message
+            .contains("(key 6, value 20000, 0 headers), over the topic's max.message.bytes = 4096"),
+        "names the output and the limit: {message}"
     );
     let committed = kafka.committed_offsets(&app, &input)[&0];
     assert!(
@@ -596,5 +606,108 @@ fn an_output_larger_than_the_topics_max_message_bytes_stops_naming_it() {
         "committed past it: {committed:?}"
     );
     assert_eq!(kafka.open_transactions(&output), vec![]);
-    eprintln!("too large: {message}");
+    eprintln!("too large, fail: {message}");
+}
+
+/// The same under `dead_letter`: record 150 goes to the dead-letter topic (with the reason),
+/// its output nowhere, every other record is copied exactly once, and the application goes on
+/// to the end of its input. Under `skip`: the same without the dead letter.
+#[test]
+fn an_output_larger_than_the_topic_accepts_sends_its_input_to_the_dead_letters_or_is_skipped() {
+    let kafka = shared();
+    for policy in [PoisonPolicy::DeadLetter, PoisonPolicy::Skip] {
+        let (input, output, app) = too_large_topics(kafka, "big-dlq");
+        let dlq = unique("big-dlq");
+        kafka.create_topic(&dlq, 1);
+        let running = InProcess::start(
+            config(kafka, &app, &input, &output)
+                .set("max.batch.records", 50)
+                .poison_policy(
+                    policy,
+                    (policy == PoisonPolicy::DeadLetter).then_some(dlq.as_str()),
+                )
+                .build()
+                .unwrap(),
+            Mirror,
+        );
+        wait_for(
+            "the group's offset at the end of the input",
+            Duration::from_secs(60),
+            || running.finished() || kafka.committed_offsets(&app, &input)[&0] == Some(200),
+        );
+        let summary = running.stop().unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        let input_records = kafka.read_acknowledged(&input);
+        let copied = kafka.read_to_end(&output, Isolation::ReadCommitted);
+        let expected: Vec<_> = input_records
+            .iter()
+            .filter(|r| r.offset != 150)
+            .cloned()
+            .collect();
+        let report = verify_copy(&expected, &copied);
+        assert!(report.is_exactly_once(), "{policy:?}: {report}");
+        let dead = kafka.read_to_end(&dlq, Isolation::ReadCommitted);
+        if policy == PoisonPolicy::DeadLetter {
+            assert_eq!(summary.dead_lettered, 1);
+            assert_eq!(dead.len(), 1, "one dead letter");
+            assert_eq!(dead[0].key_text(), "k0-150");
+            assert_eq!(dead[0].value.as_ref().map(Vec::len), Some(20_000));
+            assert_eq!(
+                dead[0].header(weir::dlq_headers::OFFSET).as_deref(),
+                Some("150")
+            );
+            let reason = dead[0].header(weir::dlq_headers::ERROR).unwrap_or_default();
+            assert!(reason.contains("max.message.bytes = 4096"), "{reason}");
+        } else {
+            assert_eq!(summary.skipped, 1);
+            assert!(dead.is_empty());
+        }
+        assert_eq!(kafka.open_transactions(&output), vec![]);
+    }
+}
+
+/// An output too large for its topic that names no input record (`Output::new` without
+/// `for_input`): the policy cannot apply, so the application stops naming the topic, the
+/// partition, the size and the limit, and saying how to attribute outputs.
+#[test]
+fn an_output_too_large_that_names_no_input_stops_the_application_naming_it() {
+    struct Unattributed;
+    #[async_trait]
+    impl Processor for Unattributed {
+        async fn process(
+            &mut self,
+            batch: &[Record],
+            ctx: &mut Context<'_>,
+        ) -> Result<(), ProcessError> {
+            for r in batch {
+                ctx.emit(
+                    weir::Output::new(r.key.clone(), r.value.clone().unwrap_or_default())
+                        .to_partition(0),
+                );
+            }
+            Ok(())
+        }
+    }
+    let kafka = shared();
+    let (input, output, app) = too_large_topics(kafka, "big-anon");
+    let message = start_error(
+        config(kafka, &app, &input, &output)
+            .set("max.batch.records", 50)
+            .build()
+            .unwrap(),
+        Unattributed,
+    );
+    assert!(
+        message.contains(&format!(
+            "an output record for topic {output:?} is larger than the broker accepts"
+        )) && message.contains("partition 0: a record of about")
+            && message.contains("over the topic's max.message.bytes = 4096")
+            && message.contains("Output::for_input"),
+        "{message}"
+    );
+    let committed = kafka.committed_offsets(&app, &input)[&0];
+    assert!(
+        committed.is_none_or(|o| o <= 150),
+        "committed past it: {committed:?}"
+    );
+    eprintln!("too large, no input: {message}");
 }

@@ -99,7 +99,11 @@ impl Processor for Totals {
                 max: aggregate.max,
             })
             .map_err(ProcessError::fatal)?;
-            ctx.emit(Output::new(Some(key), json).to_partition(record.partition));
+            ctx.emit(
+                Output::new(Some(key), json)
+                    .to_partition(record.partition)
+                    .for_input(record),
+            );
         }
         Ok(())
     }

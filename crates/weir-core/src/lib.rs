@@ -20,5 +20,5 @@ pub use processor::{
     dlq_headers, AppInfo, AssignedPartition, CommitInfo, Context, PoisonHandling, PoisonTally,
     Processor, StartFrom,
 };
-pub use record::{Bytes, Header, IntoPayload, Output, Record, TopicPartition};
+pub use record::{Bytes, Header, InputRef, IntoPayload, Output, Record, TopicPartition};
 pub use state::{RestoreProgress, StateAccess, StateError, Store, StoreKey, StoreSpec};

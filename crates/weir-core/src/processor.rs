@@ -381,6 +381,7 @@ impl<'a> Context<'a> {
                     key: record.key.clone(),
                     value: record.value.clone(),
                     headers,
+                    input: None,
                 });
                 self.tally.dead_lettered += 1;
                 Ok(())

@@ -123,7 +123,34 @@ impl Record {
             key: self.key.clone(),
             value: self.value.clone(),
             headers: self.headers.clone(),
+            input: Some(self.input_ref()),
         }
+    }
+
+    /// This record's place, for [`Output::for_input`].
+    pub fn input_ref(&self) -> InputRef {
+        InputRef {
+            topic: Arc::clone(&self.topic),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+/// Where an input record lives: what an [`Output`] names as the record it was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRef {
+    /// The input topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+}
+
+impl fmt::Display for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
     }
 }
 
@@ -157,6 +184,13 @@ pub struct Output {
     pub value: Option<Bytes>,
     /// The headers.
     pub headers: Vec<Header>,
+    /// The input record this output was made from, if the operator said so
+    /// ([`for_input`](Self::for_input); [`Record::forward`] does it). An output the broker
+    /// cannot accept — larger than its topic's `max.message.bytes` or the producer's
+    /// `message.max.bytes` — is then that record's poison, handled by `poison.policy` (fail
+    /// names the record, skip drops the record's outputs, dead_letter sends the record to the
+    /// dead-letter topic), instead of stopping the application. Not produced.
+    pub input: Option<InputRef>,
 }
 
 impl Output {
@@ -181,6 +215,13 @@ impl Output {
     #[must_use]
     pub fn to_partition(mut self, partition: i32) -> Self {
         self.partition = Some(partition);
+        self
+    }
+
+    /// Names the input record this output was made from (see [`Output::input`]).
+    #[must_use]
+    pub fn for_input(mut self, record: &Record) -> Self {
+        self.input = Some(record.input_ref());
         self
     }
 

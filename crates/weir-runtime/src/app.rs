@@ -11,6 +11,7 @@
 //! shutdown: commit ─> unsubscribe (revoke callbacks run) ─> on_close ─> close the clients
 //! ```
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -145,7 +146,7 @@ impl App {
                 })
             })?;
         }
-        check_cluster(&config).await?;
+        let limits = check_cluster(&config).await?;
 
         // State stores: open RocksDB (a corrupt directory is moved aside, never reused) and make
         // sure every changelog topic exists with one partition per task.
@@ -190,6 +191,7 @@ impl App {
             state,
         );
         engine.set_restore_observer(self.restore_observer.clone());
+        engine.set_limits(limits);
         if let Some(spare) = spare {
             engine.set_spare(spare);
         }
@@ -263,18 +265,34 @@ impl App {
     }
 }
 
-async fn check_cluster(config: &Config) -> Result<(), RuntimeError> {
+/// The cluster answers and every topic exists. Returns the output and dead-letter topics'
+/// `max.message.bytes` (see `engine/oversize.rs`).
+async fn check_cluster(config: &Config) -> Result<BTreeMap<String, usize>, RuntimeError> {
     let config = config.clone();
     let mut topics: Vec<String> = config.input_topics.clone();
-    topics.extend(config.output_topic.clone());
-    topics.extend(config.dead_letter_topic.clone());
-    blocking(move || -> Result<(), RuntimeError> {
+    let outputs: Vec<String> = config
+        .output_topic
+        .iter()
+        .chain(&config.dead_letter_topic)
+        .cloned()
+        .collect();
+    topics.extend(outputs.iter().cloned());
+    blocking(move || -> Result<BTreeMap<String, usize>, RuntimeError> {
         let admin = Admin::for_app(&config, STARTUP_TIMEOUT)?;
         admin.ping()?;
         for t in &topics {
             admin.partition_count(t)?;
         }
-        Ok(())
+        let mut limits = BTreeMap::new();
+        for t in outputs {
+            if let Some(limit) = admin
+                .topic_config(&t, "max.message.bytes")?
+                .and_then(|v| v.parse().ok())
+            {
+                limits.insert(t, limit);
+            }
+        }
+        Ok(limits)
     })
     .await
 }

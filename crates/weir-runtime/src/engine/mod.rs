@@ -48,6 +48,7 @@
 mod commit;
 mod failure;
 mod overlap;
+mod oversize;
 mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -138,6 +139,8 @@ pub(crate) struct Engine {
     failing_since: Option<Instant>,
     /// Whether the instance can commit what it processed (see `stall.rs`).
     stall: Arc<StallWatch>,
+    /// The largest output each topic accepts (see `oversize.rs`).
+    limits: oversize::Limits,
 }
 
 impl std::fmt::Debug for Engine {
@@ -199,6 +202,7 @@ impl Engine {
             totals: RunSummary::default(),
             replacements_in_a_row: 0,
             failing_since: None,
+            limits: oversize::Limits::default(),
             stall: Arc::new(StallWatch::new(
                 config.transaction_timeout.max(2 * config.commit_interval),
             )),
@@ -215,6 +219,11 @@ impl Engine {
                 committing: None,
             };
         }
+    }
+
+    /// The output size limits read from the broker at start-up.
+    pub(crate) fn set_limits(&mut self, topics: BTreeMap<String, usize>) {
+        self.limits = oversize::Limits::new(&self.config, topics);
     }
 
     pub(crate) fn set_consumer(&mut self, consumer: &Arc<WeirConsumer>) {
@@ -306,6 +315,7 @@ impl Engine {
         // One call per run of one task's records, in polled order (see `task_runs`).
         for task_batch in task_runs(batch) {
             let task = task_batch[0].partition;
+            let first = self.outputs.len();
             let ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
             // A panic in the operator is a fatal operator error (the open transaction is
             // aborted, nothing of it is committed), not a crash of the runtime's task.
@@ -335,6 +345,12 @@ impl Engine {
                     "the operator panicked on the batch starting at {at}: {what}"
                 )))
             });
+            if result.is_ok() {
+                result = match self.police_oversize(task_batch, first, &mut tally) {
+                    Ok(policed) => policed,
+                    Err(e) => return Err(self.stop(e).await),
+                };
+            }
             if result.is_err() {
                 break;
             }
