@@ -214,8 +214,8 @@ pub struct Config {
 
     /// `metrics.address`: serve Prometheus metrics at `http://{address}/metrics`, e.g.
     /// `"0.0.0.0:9464"` (an IP address and port). Default: not served (the metrics are still
-    /// recorded into any `metrics` recorder the program installs itself). With it, consumer
-    /// lag per partition is sampled every 5 s (librdkafka statistics).
+    /// recorded into any `metrics` recorder the program installs itself). Consumer lag per
+    /// partition is sampled every 5 s either way (librdkafka statistics).
     #[serde(rename = "metrics.address", default)]
     pub metrics_address: Option<std::net::SocketAddr>,
 
