@@ -571,6 +571,30 @@ fn too_large_topics(kafka: &Kafka, name: &str) -> (String, String, String) {
     (input, output, app)
 }
 
+/// Runs `processor` on [`too_large_topics`] in batches of 50 until it stops; checks nothing was
+/// committed past record 150 and no transaction was left open. Returns the error.
+fn too_large_stop(
+    kafka: &Kafka,
+    name: &str,
+    processor: impl Processor + 'static,
+) -> (String, String, String) {
+    let (input, output, app) = too_large_topics(kafka, name);
+    let message = start_error(
+        config(kafka, &app, &input, &output)
+            .set("max.batch.records", 50)
+            .build()
+            .unwrap(),
+        processor,
+    );
+    let committed = kafka.committed_offsets(&app, &input)[&0];
+    assert!(
+        committed.is_none_or(|o| o <= 150),
+        "committed past it: {committed:?}"
+    );
+    assert_eq!(kafka.open_transactions(&output), vec![]);
+    (message, input, output)
+}
+
 /// An output record larger than its topic's `max.message.bytes`, made from an input record
 /// (`Record::forward`): no replay can make it fit, so it is that input record's poison. Under
 /// `fail` (the default) the application stops naming the input record and the output's size
@@ -578,14 +602,7 @@ fn too_large_topics(kafka: &Kafka, name: &str) -> (String, String, String) {
 #[test]
 fn an_output_larger_than_the_topic_accepts_is_its_input_records_poison_under_fail() {
     let kafka = shared();
-    let (input, output, app) = too_large_topics(kafka, "big");
-    let message = start_error(
-        config(kafka, &app, &input, &output)
-            .set("max.batch.records", 50)
-            .build()
-            .unwrap(),
-        Mirror,
-    );
+    let (message, input, output) = too_large_stop(kafka, "big", Mirror);
     assert!(
         message.contains(&format!(
             "poison record at topic {input} partition 0 offset 150"
@@ -600,12 +617,6 @@ fn an_output_larger_than_the_topic_accepts_is_its_input_records_poison_under_fai
             .contains("(key 6, value 20000, 0 headers), over the topic's max.message.bytes = 4096"),
         "names the output and the limit: {message}"
     );
-    let committed = kafka.committed_offsets(&app, &input)[&0];
-    assert!(
-        committed.is_none_or(|o| o <= 150),
-        "committed past it: {committed:?}"
-    );
-    assert_eq!(kafka.open_transactions(&output), vec![]);
     eprintln!("too large, fail: {message}");
 }
 
@@ -688,14 +699,7 @@ fn an_output_too_large_that_names_no_input_stops_the_application_naming_it() {
         }
     }
     let kafka = shared();
-    let (input, output, app) = too_large_topics(kafka, "big-anon");
-    let message = start_error(
-        config(kafka, &app, &input, &output)
-            .set("max.batch.records", 50)
-            .build()
-            .unwrap(),
-        Unattributed,
-    );
+    let (message, _, output) = too_large_stop(kafka, "big-anon", Unattributed);
     assert!(
         message.contains(&format!(
             "an output record for topic {output:?} is larger than the broker accepts"
@@ -703,11 +707,6 @@ fn an_output_too_large_that_names_no_input_stops_the_application_naming_it() {
             && message.contains("over the topic's max.message.bytes = 4096")
             && message.contains("Output::for_input"),
         "{message}"
-    );
-    let committed = kafka.committed_offsets(&app, &input)[&0];
-    assert!(
-        committed.is_none_or(|o| o <= 150),
-        "committed past it: {committed:?}"
     );
     eprintln!("too large, no input: {message}");
 }
