@@ -328,24 +328,28 @@ fn null_keys_and_empty_values_are_copied_as_they_are() {
             key: None,
             value: Some(b"no key".to_vec()),
             headers: vec![],
+            timestamp: None,
         },
         TestRecord {
             partition: Some(0),
             key: Some(b"empty".to_vec()),
             value: Some(Vec::new()),
             headers: vec![],
+            timestamp: None,
         },
         TestRecord {
             partition: Some(0),
             key: Some(b"null".to_vec()),
             value: None,
             headers: vec![("h".into(), None)],
+            timestamp: None,
         },
         TestRecord {
             partition: Some(0),
             key: None,
             value: None,
             headers: vec![],
+            timestamp: None,
         },
     ];
     kafka.produce(&input, records);

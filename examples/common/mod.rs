@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod totals;
+pub mod windows;
 
 /// Every example binary allocates with mimalloc, as a weir application should
 /// ([`weir::MiMalloc`]) — the bench's raw-client ceiling too, so the contenders are compared

@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use weir_testkit::{
-    example_command, unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka,
-    LiveReader, Report, TestRecord,
+    example_command, unique, verify_copy, verify_totals, verify_windows, ChildProcess, Isolation,
+    Kafka, LiveReader, Report, TestRecord,
 };
 
 use super::{state_dir, wait_for};
@@ -20,6 +20,8 @@ pub enum Check {
     Copy,
     /// `totals`: one output per input holding the running aggregate.
     Totals,
+    /// `windows`: every closed tumbling window once, with its exact count and sum.
+    Windows { window_ms: i64, grace_ms: i64 },
 }
 
 /// One application (`example`) run by several instances, each with a state directory of its
@@ -33,6 +35,8 @@ pub struct AppGroup {
     pub dirs: Vec<PathBuf>,
     /// `--set KEY=VALUE` for every instance.
     pub settings: Vec<String>,
+    /// More arguments for every instance (the example's own flags).
+    pub args: Vec<String>,
     pub commit_interval_ms: u64,
     /// Per instance, where it serves its metrics (`metrics.address`); none if empty.
     pub metrics: Vec<String>,
@@ -54,6 +58,7 @@ impl AppGroup {
             // Fail-over after a SIGKILL waits for the session timeout: keep it at the broker's
             // minimum so the scenarios stay short.
             settings: vec!["consumer.session.timeout.ms=6000".into()],
+            args: Vec::new(),
             commit_interval_ms: 100,
             metrics: Vec::new(),
             partitions,
@@ -79,6 +84,7 @@ impl AppGroup {
             .arg(&self.dirs[i])
             .args(["--commit-interval-ms", &self.commit_interval_ms.to_string()])
             .args(self.settings.iter().flat_map(|s| ["--set", s.as_str()]))
+            .args(&self.args)
             .args(
                 self.metrics
                     .get(i)
@@ -198,6 +204,10 @@ impl AppGroup {
         let mut report = match check {
             Check::Copy => verify_copy(&input, &output),
             Check::Totals => verify_totals(&input, &output),
+            Check::Windows {
+                window_ms,
+                grace_ms,
+            } => verify_windows(&input, &output, window_ms, grace_ms),
         };
         report.check_live_read(&live, &output);
         if !report.is_exactly_once() {
@@ -220,8 +230,13 @@ impl AppGroup {
             output.len()
         );
         let mut topics = vec![self.output.clone()];
-        if check == Check::Totals {
-            topics.push(format!("{}-totals-changelog", self.app));
+        match check {
+            Check::Totals => topics.push(format!("{}-totals-changelog", self.app)),
+            Check::Windows { .. } => {
+                topics.push(format!("{}-windows-changelog", self.app));
+                topics.push(format!("{}-weir-timers-changelog", self.app));
+            }
+            Check::Copy => {}
         }
         for topic in &topics {
             assert_eq!(

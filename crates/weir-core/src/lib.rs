@@ -10,6 +10,8 @@ pub mod error;
 pub mod processor;
 pub mod record;
 pub mod state;
+pub mod time;
+pub mod windows;
 
 pub use config::{
     Config, ConfigBuilder, ConfigError, ConfigMap, GroupProtocol, Guarantee, OffsetReset,
@@ -21,4 +23,7 @@ pub use processor::{
     Processor, StartFrom,
 };
 pub use record::{Bytes, Header, InputRef, IntoPayload, Output, Record, TopicPartition};
-pub use state::{RestoreProgress, StateAccess, StateError, Store, StoreKey, StoreSpec};
+pub use state::{
+    MemoryState, RestoreProgress, StateAccess, StateError, Store, StoreKey, StoreSpec,
+};
+pub use time::{TimeDomain, Timer, Timers};

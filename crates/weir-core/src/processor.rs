@@ -6,6 +6,7 @@ use crate::config::{Guarantee, PoisonPolicy};
 use crate::error::{BoxError, PoisonRecord, ProcessError};
 use crate::record::{Header, Output, Record, TopicPartition};
 use crate::state::{StateAccess, StateError, Store, StoreKey, StoreSpec};
+use crate::time::{Timer, Timers};
 
 /// An operator: user code that turns batches of input records into output records.
 ///
@@ -22,6 +23,8 @@ use crate::state::{StateAccess, StateError, Store, StoreKey, StoreSpec};
 ///     on_partitions_assigned(new partitions, with their start offsets)      (on a rebalance)
 ///     begin transaction                                 (exactly_once; lazily, at the first batch)
 ///     process(batch) ... process(batch)        (one commit interval: many batches, one transaction)
+///       on_timer(timer)   (after a batch that moved stream time past an event-time timer, and
+///                          whenever a processing-time timer is due: same task, same transaction)
 ///     commit: outputs + input offsets atomically ─┬─ ok    → on_commit
 ///                                                 └─ abort → on_abort; the uncommitted records
 ///                                                            are delivered again
@@ -88,6 +91,26 @@ pub trait Processor: Send {
         Vec::new()
     }
 
+    /// Whether this operator schedules timers ([`Context::timers`]). If so, weir keeps them in
+    /// an internal state store per task, [`TIMER_STORE`](crate::time::TIMER_STORE), with a
+    /// changelog, and calls [`on_timer`](Processor::on_timer) when one is due (see
+    /// [`crate::time`]).
+    fn timers(&self) -> bool {
+        false
+    }
+
+    /// Called when a timer is due, with the context of its task: state reads and writes and
+    /// emits go into the open transaction, together with the timer's deletion. Errors are those
+    /// of [`process`](Processor::process). A timer scheduled here that is already due fires in
+    /// the same round.
+    async fn on_timer(
+        &mut self,
+        _timer: &Timer,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
     /// Called once before the first batch, after the producer is initialised (in exactly_once,
     /// after `init_transactions` fenced any previous incarnation of this instance).
     async fn on_start(&mut self, _info: &AppInfo) -> Result<(), ProcessError> {
@@ -142,6 +165,12 @@ impl<P: Processor + ?Sized> Processor for Box<P> {
     }
     fn stores(&self) -> Vec<StoreSpec> {
         (**self).stores()
+    }
+    fn timers(&self) -> bool {
+        (**self).timers()
+    }
+    async fn on_timer(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        (**self).on_timer(timer, ctx).await
     }
     async fn on_start(&mut self, info: &AppInfo) -> Result<(), ProcessError> {
         (**self).on_start(info).await
@@ -232,6 +261,8 @@ pub struct PoisonTally {
     pub skipped: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Late records reported with `Context::late`.
+    pub late: u64,
     /// Set under `fail`: the first poison record. The runtime stops even if the operator
     /// swallowed the error `poison` returned.
     pub failed: Option<(String, i32, i64, String)>,
@@ -258,6 +289,9 @@ pub struct Context<'a> {
     poison: &'a PoisonHandling,
     tally: &'a mut PoisonTally,
     state: Option<&'a mut dyn StateAccess>,
+    stream_time: Option<i64>,
+    timers: bool,
+    task: Option<i32>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -282,7 +316,72 @@ impl<'a> Context<'a> {
             poison,
             tally,
             state: None,
+            stream_time: None,
+            timers: false,
+            task: None,
         }
+    }
+
+    /// Gives the context the task (input partition number) being processed.
+    #[must_use]
+    pub fn with_task(mut self, task: i32) -> Self {
+        self.task = Some(task);
+        self
+    }
+
+    /// The task being processed: the partition number of the batch's records, or of the
+    /// timer's task in `on_timer`. `None` outside a task.
+    pub fn task(&self) -> Option<i32> {
+        self.task
+    }
+
+    /// Moves this context's stream time to `timestamp_ms` if that is later, and returns the
+    /// stream time before it: call it for each record of a batch, in order, to get the stream
+    /// time *before each record* (the one lateness is judged by; the windows library does).
+    /// The runtime moves the task's stream time the same way after the batch.
+    pub fn observe_time(&mut self, timestamp_ms: i64) -> Option<i64> {
+        let before = self.stream_time;
+        self.stream_time = Some(before.map_or(timestamp_ms, |t| t.max(timestamp_ms)));
+        before
+    }
+
+    /// Reports that `record` arrived too late to count (its window closed: end + grace <=
+    /// stream time). It is dropped and counted (`weir_late_records_total`); under `poison.policy
+    /// = dead_letter` it also goes to the dead-letter topic, with `why` in its
+    /// `weir.error.message` header, in the same transaction.
+    pub fn late(&mut self, record: &Record, why: impl std::fmt::Display) {
+        self.tally.late += 1;
+        if self.poison.policy == PoisonPolicy::DeadLetter {
+            self.dead_letter(record, format!("late record: {why}"));
+        }
+    }
+    /// Gives the context its task's stream time and whether timers are enabled.
+    #[must_use]
+    pub fn with_time(mut self, stream_time: Option<i64>, timers: bool) -> Self {
+        self.stream_time = stream_time;
+        self.timers = timers;
+        self
+    }
+
+    /// The task's stream time (see [`crate::time`]): in `process`, the largest record
+    /// timestamp of the task before this batch; in `on_timer`, after the batch that made the
+    /// timer due. `None` until the task has processed a record with a timestamp.
+    pub fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// The timers of the task being processed (see [`crate::time`]). Requires
+    /// [`Processor::timers`] to return `true`; otherwise (or outside a task) a
+    /// [`ProcessError::Fatal`] that says so.
+    pub fn timers(&mut self) -> Result<Timers<'_>, ProcessError> {
+        if !self.timers {
+            return Err(ProcessError::Fatal(Box::new(StateError::NoTimers)));
+        }
+        let access = self
+            .state
+            .as_deref_mut()
+            .ok_or_else(|| ProcessError::Fatal(Box::new(StateError::NoTask)))?;
+        Ok(Timers::new(access))
     }
 
     /// Gives the context the state of the task being processed.
@@ -314,6 +413,36 @@ impl<'a> Context<'a> {
     /// returns and becomes visible when the transaction commits.
     pub fn emit(&mut self, output: Output) {
         self.outputs.push(output);
+    }
+
+    /// Emits `record` (key, value, headers) plus `weir.error.*` headers to the dead-letter
+    /// topic.
+    fn dead_letter(&mut self, record: &Record, message: String) {
+        let topic = self
+            .poison
+            .dead_letter_topic
+            .clone()
+            .expect("validated: dead_letter requires dead.letter.topic");
+        let mut headers = record.headers.clone();
+        headers.extend([
+            Header::new(dlq_headers::ERROR, message),
+            Header::new(dlq_headers::TOPIC, record.topic.as_bytes()),
+            Header::new(dlq_headers::PARTITION, record.partition.to_string()),
+            Header::new(dlq_headers::OFFSET, record.offset.to_string()),
+            Header::new(
+                dlq_headers::APPLICATION,
+                self.poison.application_id.as_bytes(),
+            ),
+        ]);
+        self.outputs.push(Output {
+            topic: Some(topic),
+            partition: None,
+            timestamp_ms: record.timestamp_ms,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers,
+            input: None,
+        });
     }
 
     /// Reports that `record` cannot be processed, and applies `poison.policy`:
@@ -358,31 +487,7 @@ impl<'a> Context<'a> {
                 Ok(())
             }
             PoisonPolicy::DeadLetter => {
-                let topic = self
-                    .poison
-                    .dead_letter_topic
-                    .clone()
-                    .expect("validated: dead_letter requires dead.letter.topic");
-                let mut headers = record.headers.clone();
-                headers.extend([
-                    Header::new(dlq_headers::ERROR, cause.to_string()),
-                    Header::new(dlq_headers::TOPIC, record.topic.as_bytes()),
-                    Header::new(dlq_headers::PARTITION, record.partition.to_string()),
-                    Header::new(dlq_headers::OFFSET, record.offset.to_string()),
-                    Header::new(
-                        dlq_headers::APPLICATION,
-                        self.poison.application_id.as_bytes(),
-                    ),
-                ]);
-                self.outputs.push(Output {
-                    topic: Some(topic),
-                    partition: None,
-                    timestamp_ms: record.timestamp_ms,
-                    key: record.key.clone(),
-                    value: record.value.clone(),
-                    headers,
-                    input: None,
-                });
+                self.dead_letter(record, cause.to_string());
                 self.tally.dead_lettered += 1;
                 Ok(())
             }

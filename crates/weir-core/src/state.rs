@@ -108,8 +108,11 @@ pub enum StateError {
     #[error("state storage failed: {0}")]
     Storage(String),
     /// No state in this context (a hook that runs outside a task).
-    #[error("state stores are reachable only from Processor::process")]
+    #[error("state stores are reachable only from Processor::process and Processor::on_timer")]
     NoTask,
+    /// The operator scheduled a timer without asking for timers.
+    #[error("timers are not enabled for this processor: return true from Processor::timers()")]
+    NoTimers,
 }
 
 /// State failures are fatal for the operator: retrying cannot fix a missing store or a value
@@ -272,6 +275,68 @@ impl<'c, K: StoreKey, V: Serialize + DeserializeOwned> Store<'c, K, V> {
         raw.iter()
             .map(|(k, v)| self.decode(k, v).map_err(fatal))
             .collect()
+    }
+}
+
+/// A [`StateAccess`] in memory, for unit tests of operators: stores are maps, writes apply at
+/// once (there is no transaction to roll back).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryState {
+    entries: std::collections::BTreeMap<(String, Vec<u8>), Vec<u8>>,
+}
+
+impl MemoryState {
+    /// The entries of `store`, in key order.
+    pub fn entries(&self, store: &str) -> Entries {
+        self.entries
+            .iter()
+            .filter(|((s, _), _)| s == store)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl StateAccess for MemoryState {
+    fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .entries
+            .get(&(store.to_string(), key.to_vec()))
+            .cloned())
+    }
+    fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) -> Result<(), StateError> {
+        self.entries
+            .insert((store.to_string(), key.to_vec()), value);
+        Ok(())
+    }
+    fn delete(&mut self, store: &str, key: &[u8]) -> Result<(), StateError> {
+        self.entries.remove(&(store.to_string(), key.to_vec()));
+        Ok(())
+    }
+    fn scan(
+        &mut self,
+        store: &str,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<Entries, StateError> {
+        let start = (store.to_string(), Vec::new());
+        Ok(self
+            .entries
+            .range(start..)
+            .take_while(|((s, _), _)| s == store)
+            .filter(|((_, k), _)| {
+                let k = k.as_slice();
+                (match from {
+                    Bound::Included(f) => k >= f,
+                    Bound::Excluded(f) => k > f,
+                    Bound::Unbounded => true,
+                }) && (match to {
+                    Bound::Included(t) => k <= t,
+                    Bound::Excluded(t) => k < t,
+                    Bound::Unbounded => true,
+                })
+            })
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 

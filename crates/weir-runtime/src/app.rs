@@ -22,6 +22,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
+use weir_core::time::{TimestampExtractor, TIMER_STORE};
 use weir_core::{AppInfo, Config, Guarantee, Processor, Record, RestoreProgress};
 use weir_kafka::admin::Admin;
 use weir_kafka::clients::consumer_config;
@@ -54,6 +55,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     config: Arc<Config>,
     restore_observer: Option<RestoreObserver>,
+    extractors: BTreeMap<String, TimestampExtractor>,
 }
 
 impl std::fmt::Debug for App {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("config", &self.config)
             .field("restore_observer", &self.restore_observer.is_some())
+            .field("extractors", &self.extractors.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -71,7 +74,22 @@ impl App {
         Self {
             config: Arc::new(config),
             restore_observer: None,
+            extractors: BTreeMap::new(),
         }
+    }
+
+    /// Reads the event time of `topic`'s records with `extract` (e.g. from a field of the
+    /// value) instead of taking the record timestamp: what it returns becomes the record's
+    /// `timestamp_ms` before the operator sees it, and moves the task's stream time
+    /// (`weir_core::time`); `None` keeps the record's own timestamp.
+    #[must_use]
+    pub fn timestamp_extractor(
+        mut self,
+        topic: impl Into<String>,
+        extract: impl Fn(&Record) -> Option<i64> + Send + Sync + 'static,
+    ) -> Self {
+        self.extractors.insert(topic.into(), Arc::new(extract));
+        self
     }
 
     /// Calls `observer` as state is restored from a changelog: when a restore of a store of a
@@ -150,7 +168,19 @@ impl App {
 
         // State stores: open RocksDB (a corrupt directory is moved aside, never reused) and make
         // sure every changelog topic exists with one partition per task.
-        let stores = processor.stores();
+        let mut stores = processor.stores();
+        if let Some(s) = stores.iter().find(|s| s.name.starts_with("weir-")) {
+            return Err(RuntimeError::Config(weir_core::ConfigError::Invalid {
+                key: "Processor::stores".into(),
+                message: format!(
+                    "store name {:?} starts with \"weir-\", which is kept for weir's own stores: rename it",
+                    s.name
+                ),
+            }));
+        }
+        if processor.timers() {
+            stores.push(weir_core::StoreSpec::new(TIMER_STORE));
+        }
         let delivery = Arc::new(DeliveryState::default());
         let state = if stores.is_empty() {
             None
@@ -191,6 +221,7 @@ impl App {
             state,
         );
         engine.set_restore_observer(self.restore_observer.clone());
+        engine.set_extractors(self.extractors.clone());
         engine.set_limits(limits);
         if let Some(spare) = spare {
             engine.set_spare(spare);
@@ -400,8 +431,10 @@ async fn step(
         engine.trouble();
     }
     engine.settle_if_finished().await?;
+    engine.extract_timestamps(&mut polled.records);
     engine.process(&polled.records).await?;
     engine.step_over_markers(&polled.ends).await?;
+    engine.fire_processing_timers().await?;
     if engine.commit_due() {
         let waiting = std::time::Instant::now();
         let committed = engine.commit(CommitReason::Interval).await;

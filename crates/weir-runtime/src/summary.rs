@@ -18,6 +18,8 @@ pub struct RunSummary {
     pub skipped: u64,
     /// Poison records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Late records (`Context::late`): dropped, or dead-lettered.
+    pub late: u64,
     /// Where the processing loop waited, in all (also exported as `weir_wait_seconds`).
     pub waited: Waits,
 }

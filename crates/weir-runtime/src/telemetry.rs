@@ -64,6 +64,10 @@ fn describe() {
     describe_counter!("weir_records_in_total", "Input records processed");
     describe_counter!("weir_records_out_total", "Output records produced");
     describe_counter!("weir_batches_total", "Batches handed to the operator");
+    describe_counter!(
+        "weir_late_records_total",
+        "Records that arrived after every window of theirs had closed (Context::late): dropped, or dead-lettered under poison.policy=dead_letter"
+    );
     describe_histogram!("weir_batch_records", Unit::Count, "Records per batch");
     describe_counter!(
         "weir_commits_total",
@@ -233,7 +237,10 @@ pub(crate) fn resumed(after: Duration, committed: bool) {
     tracing::info!(stalled_for = ?after, "resumed: {how}");
 }
 
-pub(crate) fn poison(skipped: u64, dead_lettered: u64) {
+pub(crate) fn poison(skipped: u64, dead_lettered: u64, late: u64) {
+    if late > 0 {
+        counter!("weir_late_records_total").increment(late);
+    }
     if skipped > 0 {
         counter!("weir_poison_skipped_total").increment(skipped);
     }

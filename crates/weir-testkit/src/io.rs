@@ -46,6 +46,9 @@ fn base_record<'a>(
     if let Some(v) = r.value.as_deref() {
         rec = rec.payload(v);
     }
+    if let Some(t) = r.timestamp {
+        rec = rec.timestamp(t);
+    }
     rec
 }
 
@@ -103,9 +106,18 @@ pub struct TestRecord {
     pub value: Option<Vec<u8>>,
     /// Headers.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record timestamp (`CreateTime`, milliseconds); `None` lets the producer stamp it.
+    pub timestamp: Option<i64>,
 }
 
 impl TestRecord {
+    /// The same record with timestamp `ms`.
+    #[must_use]
+    pub fn at(mut self, ms: i64) -> Self {
+        self.timestamp = Some(ms);
+        self
+    }
+
     /// A record with a text key and value, to a chosen partition.
     pub fn new(partition: i32, key: impl Into<String>, value: impl Into<String>) -> Self {
         Self {
@@ -113,6 +125,7 @@ impl TestRecord {
             key: Some(key.into().into_bytes()),
             value: Some(value.into().into_bytes()),
             headers: Vec::new(),
+            timestamp: None,
         }
     }
 }

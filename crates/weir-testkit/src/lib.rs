@@ -31,7 +31,7 @@ pub use process::{
 pub use weir_kafka::admin::TopicSpec;
 /// The exactly-once verifier: the `weir-verify` crate.
 pub use weir_verify as verify;
-pub use weir_verify::{verify_copy, verify_totals, Report};
+pub use weir_verify::{expected_windows, verify_copy, verify_totals, verify_windows, Report};
 
 /// The broker shared by every test of this test binary, started on first use.
 ///

@@ -4,8 +4,8 @@
 //! (weir-testkit's `Kafka::read_to_end`, the CLI's reader), helped by
 //! `ReadRecord::from_message` with the `rdkafka` feature.
 //!
-//! It checks copy pipelines (`mirror`, [`verify_copy`]) and the `totals` example
-//! ([`verify_totals`]).
+//! It checks copy pipelines (`mirror`, [`verify_copy`]), the `totals` example
+//! ([`verify_totals`]) and the `windows` example ([`verify_windows`]).
 //!
 //! Input records are identified by `(key, value)`, which test generators keep unique. The
 //! verifier compares the input topic with the output topic, partition by partition, and names
@@ -371,6 +371,150 @@ pub fn verify_totals(input: &[ReadRecord], output: &[ReadRecord]) -> Report {
     report
 }
 
+/// A window's result: count and sum.
+pub type WindowTotals = (u64, i128);
+
+/// What the `windows` example must emit for `input`, recomputed from it: per partition, in
+/// offset order, stream time = the largest timestamp before the record; a record whose window
+/// `[s, s + window)` has `s + window + grace <= stream time` is late (not counted); a window is
+/// closed once the partition's final stream time reaches its end + grace. Returns the closed
+/// windows, `(partition, key, start) -> (count, sum)`, the number of late records, and the
+/// number of windows still open. Records whose value is not an integer, or without timestamp,
+/// are left out (the example's poison policy).
+pub fn expected_windows(
+    input: &[ReadRecord],
+    window_ms: i64,
+    grace_ms: i64,
+) -> (
+    std::collections::BTreeMap<(i32, String, i64), WindowTotals>,
+    u64,
+    usize,
+) {
+    use std::collections::BTreeMap;
+    let mut sorted: Vec<&ReadRecord> = input.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut windows: BTreeMap<(i32, String, i64), WindowTotals> = BTreeMap::new();
+    let mut stream_time: HashMap<i32, i64> = HashMap::new();
+    let mut late = 0;
+    for r in sorted {
+        let (Some(ts), Some(v)) = (
+            r.timestamp,
+            r.value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
+        let start = ts.div_euclid(window_ms) * window_ms;
+        let before = stream_time.get(&r.partition).copied();
+        if before.is_some_and(|st| start + window_ms + grace_ms <= st) {
+            late += 1;
+        } else {
+            let w = windows
+                .entry((r.partition, r.key_text(), start))
+                .or_insert((0, 0));
+            w.0 += 1;
+            w.1 += i128::from(v);
+        }
+        stream_time.insert(r.partition, before.map_or(ts, |st| st.max(ts)));
+    }
+    let (closed, open): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        windows.into_iter().partition(|((p, _, start), _)| {
+            stream_time
+                .get(p)
+                .is_some_and(|st| start + window_ms + grace_ms <= *st)
+        });
+    (closed, late, open.len())
+}
+
+/// Checks the output of the `windows` example (tumbling windows of `window_ms`, grace
+/// `grace_ms`) against [`expected_windows`]: every closed window exactly once, in its input's
+/// partition, with the exact count and sum; nothing else (no window of late records only, no
+/// window still open). Outputs are identified by `(partition, key, start)`.
+pub fn verify_windows(
+    input: &[ReadRecord],
+    output: &[ReadRecord],
+    window_ms: i64,
+    grace_ms: i64,
+) -> Report {
+    let (expected, _, _) = expected_windows(input, window_ms, grace_ms);
+    let mut report = Report {
+        input: expected.len(),
+        output: output.len(),
+        ..Report::default()
+    };
+    let mut seen: HashMap<(i32, String, i64), usize> = HashMap::new();
+    for r in output {
+        let parsed =
+            serde_json::from_slice::<serde_json::Value>(r.value.as_deref().unwrap_or_default())
+                .ok()
+                .and_then(|v| {
+                    Some((
+                        v.get("key")?.as_str()?.to_string(),
+                        v.get("start")?.as_i64()?,
+                        v.get("end")?.as_i64()?,
+                        v.get("count")?.as_u64()?,
+                        // The sum may exceed i64 in JSON as an i128; read it as text.
+                        v.get("sum")?.to_string().parse::<i128>().ok()?,
+                    ))
+                });
+        let Some((key, start, end, count, sum)) = parsed else {
+            report
+                .unexpected
+                .push(format!("{} (not a windows record)", show(r)));
+            continue;
+        };
+        let id = (r.partition, key.clone(), start);
+        let n = seen.entry(id.clone()).or_insert(0);
+        *n += 1;
+        if *n == 2 {
+            report.duplicated.push(format!(
+                "{key} [{start}, {end}) (p{}@{})",
+                r.partition, r.offset
+            ));
+        }
+        if r.key_text() != key || end != start + window_ms {
+            report.wrong.push(format!(
+                "{}: record key {:?}, window [{start}, {end}) of size {window_ms}",
+                show(r),
+                r.key_text()
+            ));
+        }
+        match expected.get(&id) {
+            Some(want) if *want == (count, sum) => {}
+            Some(want) => report.wrong.push(format!(
+                "{key} [{start}, {end}) in p{}: got count {count} sum {sum}, expected {want:?}",
+                r.partition
+            )),
+            None => {
+                let elsewhere = expected
+                    .keys()
+                    .find(|(_, k, s)| *k == key && *s == start)
+                    .map(|(p, _, _)| *p);
+                match elsewhere {
+                    Some(p) => report
+                        .misplaced
+                        .push(format!("{} (its input is in p{p})", show(r))),
+                    None => report.unexpected.push(format!(
+                        "{key} [{start}, {end}) in p{}: no such closed window (open, or late records only)",
+                        r.partition
+                    )),
+                }
+            }
+        }
+    }
+    for ((p, key, start), (count, sum)) in &expected {
+        if !seen.contains_key(&(*p, key.clone(), *start)) {
+            report.lost.push(format!(
+                "{key} [{start}, {}) in p{p}: count {count} sum {sum}",
+                start + window_ms
+            ));
+        }
+    }
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,5 +696,65 @@ mod tests {
             r.reordered[0].starts_with("partition 0: output #0 is k=b"),
             "{r}"
         );
+    }
+
+    fn timed(p: i32, o: i64, key: &str, value: &str, ts: i64) -> ReadRecord {
+        ReadRecord {
+            timestamp: Some(ts),
+            ..totals_rec(p, o, key, value)
+        }
+    }
+
+    fn window(p: i32, o: i64, key: &str, start: i64, count: u64, sum: i64) -> ReadRecord {
+        let json = format!(
+            r#"{{"key":"{key}","start":{start},"end":{},"count":{count},"sum":{sum}}}"#,
+            start + 10
+        );
+        totals_rec(p, o, key, &json)
+    }
+
+    #[test]
+    fn windows_verifier_recomputes_closed_windows_and_names_every_anomaly() {
+        // Windows of 10, grace 5.
+        let input = vec![
+            timed(0, 0, "a", "1", 1),
+            timed(0, 1, "a", "2", 12),
+            timed(0, 2, "a", "4", 8), // within grace: [0, 10) = 2 records, sum 5
+            timed(0, 3, "b", "7", 16), // stream time 16: [0, 10) closes (10 + 5 <= 16)
+            timed(0, 4, "b", "100", 3), // late: its only window [0, 10) has closed
+            timed(0, 5, "z", "0", 40), // closes [10, 20); [40, 50) stays open
+            timed(1, 0, "c", "9", 2), // p1: stream time 2, nothing closed
+        ];
+        let (closed, late, open) = expected_windows(&input, 10, 5);
+        assert_eq!(late, 1);
+        assert_eq!(open, 2, "[40, 50) of z in p0 and [0, 10) of c in p1");
+        assert_eq!(closed.len(), 3, "{closed:?}");
+        let good = vec![
+            window(0, 0, "a", 0, 2, 5),
+            window(0, 1, "a", 10, 1, 2),
+            window(0, 2, "b", 10, 1, 7),
+        ];
+        let report = verify_windows(&input, &good, 10, 5);
+        assert!(report.is_exactly_once(), "{report}");
+
+        let bad = vec![
+            window(0, 0, "a", 0, 2, 5),
+            window(0, 1, "a", 0, 2, 5),   // duplicated
+            window(0, 2, "a", 10, 1, 3),  // wrong sum
+            window(0, 3, "b", 0, 1, 100), // the late record's window
+            window(1, 0, "c", 0, 1, 9),   // still open
+            window(1, 1, "b", 10, 1, 7),  // in another partition than its input
+        ];
+        let report = verify_windows(&input, &bad, 10, 5);
+        assert_eq!(report.duplicated.len(), 1, "{report}");
+        assert_eq!(report.wrong.len(), 1, "{report}");
+        assert_eq!(report.unexpected.len(), 2, "{report}");
+        assert_eq!(report.misplaced.len(), 1, "{report}");
+        assert_eq!(
+            report.lost.len(),
+            1,
+            "b [10, 20) in p0 is missing: {report}"
+        );
+        assert!(!report.is_exactly_once());
     }
 }

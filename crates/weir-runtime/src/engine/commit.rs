@@ -322,6 +322,8 @@ impl Engine {
     /// The offsets are committed (in the transaction, or to the group): they are where
     /// reading resumes, the lag gauge learns them, and the state applies (step 7).
     async fn offsets_committed(&mut self, commits: Vec<TaskCommit>) -> Result<(), RuntimeError> {
+        let times = self.times_of(&self.position_list());
+        self.times_committed(times);
         self.resume_at
             .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
         self.positions.clear();
@@ -360,12 +362,12 @@ impl Engine {
     async fn send_offsets(
         &mut self,
         offsets: &Offsets,
-        marks: &BTreeMap<i32, String>,
+        marks: &BTreeMap<i32, Marks>,
     ) -> Result<bool, RuntimeError> {
         if offsets.is_empty() {
             return Ok(true);
         }
-        let tpl = Arc::new(to_commit_tpl(offsets, marks));
+        let tpl = Arc::new(to_commit_tpl(offsets, marks, &self.times_of(offsets)));
         let group = Arc::new(self.group_metadata().await?);
         let sent = txn::call("send_offsets_to_transaction", &self.producer, move |p| {
             p.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)
@@ -504,7 +506,7 @@ impl Engine {
             self.delivery.reset();
             return Ok(Some(offsets));
         }
-        let tpl = to_commit_tpl(&offsets, &marks);
+        let tpl = to_commit_tpl(&offsets, &marks, &self.times_of(&offsets));
         let consumer = self.consumer();
         match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
             Ok(()) => {
@@ -572,6 +574,7 @@ impl Engine {
         self.totals.aborts += 1;
         self.abort_open().await?;
         self.positions.clear();
+        self.times_rewound();
         self.outputs.clear();
         self.pending_in = 0;
         self.pending_out = 0;
@@ -646,7 +649,7 @@ impl Engine {
     /// task's state generation, if an offset reset with --reset-state set one.
     pub(super) fn state_commits(
         &self,
-    ) -> Result<(Vec<TaskCommit>, BTreeMap<i32, String>), RuntimeError> {
+    ) -> Result<(Vec<TaskCommit>, BTreeMap<i32, Marks>), RuntimeError> {
         let mut commits = Vec::new();
         let mut marks = BTreeMap::new();
         let Some(state) = &self.state else {
@@ -655,22 +658,40 @@ impl Engine {
         for (task, offsets) in by_task(&self.positions) {
             let meta = state.meta(task)?.unwrap_or_default();
             let seq = meta.seq + 1;
-            marks.insert(task, Marks::format(seq, meta.reset));
+            marks.insert(
+                task,
+                Marks {
+                    seq: Some(seq),
+                    reset: meta.reset,
+                    time: None,
+                },
+            );
             commits.push((task, seq, offsets));
         }
         Ok((commits, marks))
     }
 }
 
-/// The offsets to commit, each with its task's metadata (see `Engine::state_commits`).
+/// The offsets to commit, each with its task's marks (see `Engine::state_commits`) and its
+/// partition's time (`times`), in its metadata.
 pub(super) fn to_commit_tpl(
     offsets: &Offsets,
-    marks: &BTreeMap<i32, String>,
+    marks: &BTreeMap<i32, Marks>,
+    times: &[(TopicPartition, i64)],
 ) -> TopicPartitionList {
     let tpl = to_tpl(offsets);
     for mut e in tpl.elements() {
-        if let Some(m) = marks.get(&e.partition()) {
-            e.set_metadata(m.clone());
+        let time = times
+            .iter()
+            .find(|(tp, _)| tp.partition == e.partition() && tp.topic == e.topic())
+            .map(|(_, t)| *t);
+        let m = Marks {
+            time,
+            ..marks.get(&e.partition()).copied().unwrap_or_default()
+        }
+        .encode();
+        if !m.is_empty() {
+            e.set_metadata(m);
         }
     }
     tpl

@@ -50,6 +50,7 @@ mod failure;
 mod overlap;
 mod oversize;
 mod recovery;
+mod timers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
@@ -141,6 +142,19 @@ pub(crate) struct Engine {
     stall: Arc<StallWatch>,
     /// The largest output each topic accepts (see `oversize.rs`).
     limits: oversize::Limits,
+
+    /// Whether the operator schedules timers (`Processor::timers`; see `timers.rs`).
+    timers: bool,
+    /// Per assigned partition, its time: the largest record timestamp processed (uncommitted
+    /// work included). A task's stream time is the largest of its partitions'.
+    times: BTreeMap<TopicPartition, i64>,
+    /// The times as last committed (in the offsets' metadata): what `times` goes back to on an
+    /// abort, so that replayed records see the stream time they saw the first time.
+    resume_time: BTreeMap<TopicPartition, i64>,
+    /// When processing-time timers were last looked for.
+    timers_checked: Instant,
+    /// Timestamp extractors, by input topic (`App::timestamp_extractor`).
+    extractors: BTreeMap<String, weir_core::time::TimestampExtractor>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -169,6 +183,7 @@ impl Engine {
             dead_letter_topic: config.dead_letter_topic.clone(),
             application_id: config.application_id.clone(),
         };
+        let timers = processor.timers();
         let mode = match config.guarantee {
             Guarantee::ExactlyOnce => Mode::InLine,
             Guarantee::AtLeastOnce => Mode::AtLeastOnce,
@@ -203,6 +218,11 @@ impl Engine {
             replacements_in_a_row: 0,
             failing_since: None,
             limits: oversize::Limits::default(),
+            timers,
+            times: BTreeMap::new(),
+            resume_time: BTreeMap::new(),
+            timers_checked: Instant::now(),
+            extractors: BTreeMap::new(),
             stall: Arc::new(StallWatch::new(
                 config.transaction_timeout.max(2 * config.commit_interval),
             )),
@@ -297,7 +317,8 @@ impl Engine {
     }
 
     /// Runs the operator on one batch and produces its outputs (steps 1 and 2 of the commit
-    /// cycle, `commit::begin` and `commit::produce`).
+    /// cycle, `commit::begin` and `commit::produce`); then fires the event-time timers the
+    /// batch made due (`timers.rs`).
     pub(crate) async fn process(&mut self, batch: &[Record]) -> Result<(), RuntimeError> {
         if batch.is_empty() || self.stopped {
             return Ok(());
@@ -316,7 +337,10 @@ impl Engine {
         for task_batch in task_runs(batch) {
             let task = task_batch[0].partition;
             let first = self.outputs.len();
-            let ctx = Context::new(&mut self.outputs, &self.poison, &mut tally);
+            let stream_time = self.stream_time(task);
+            let ctx = Context::new(&mut self.outputs, &self.poison, &mut tally)
+                .with_time(stream_time, self.timers)
+                .with_task(task);
             // A panic in the operator is a fatal operator error (the open transaction is
             // aborted, nothing of it is committed), not a crash of the runtime's task.
             let run = match self.state.as_mut() {
@@ -335,14 +359,10 @@ impl Engine {
                 }
             };
             result = run.unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into());
                 let at = task_batch[0].coordinates();
                 Err(ProcessError::fatal(format!(
-                    "the operator panicked on the batch starting at {at}: {what}"
+                    "the operator panicked on the batch starting at {at}: {}",
+                    panic_message(&*panic)
                 )))
             });
             if result.is_ok() {
@@ -351,30 +371,18 @@ impl Engine {
                     Err(e) => return Err(self.stop(e).await),
                 };
             }
+            if result.is_ok() {
+                self.advance_time(task_batch);
+                result = match self.fire_event_timers(task, &mut tally).await {
+                    Ok(fired) => fired,
+                    Err(e) => return Err(self.stop(e).await),
+                };
+            }
             if result.is_err() {
                 break;
             }
         }
-        telemetry::poison(tally.skipped, tally.dead_lettered);
-        self.totals.skipped += tally.skipped;
-        self.totals.dead_lettered += tally.dead_lettered;
-
-        // Under `fail`, a poison record stops the application even if the operator swallowed
-        // the error that `Context::poison` returned.
-        let result = match (result, tally.failed.take()) {
-            (Err(ProcessError::Poison(p)), _) => Err(ProcessError::Poison(p)),
-            (_, Some((topic, partition, offset, cause))) => {
-                Err(ProcessError::Poison(PoisonRecord {
-                    topic,
-                    partition,
-                    offset,
-                    cause: cause.into(),
-                }))
-            }
-            (result, None) => result,
-        };
-
-        match result {
+        match self.tallied(result, tally) {
             Ok(()) => {
                 let Some(produced) = self.produce().await? else {
                     return Ok(());
@@ -391,7 +399,50 @@ impl Engine {
                 telemetry::batch(records, produced as usize);
                 Ok(())
             }
-            Err(ProcessError::Retriable(e)) => {
+            Err(e) => {
+                self.failed_processing(e, "process", batch[0].coordinates())
+                    .await
+            }
+        }
+    }
+
+    /// Counts what the context saw of poison records, and turns the operator's result into the
+    /// one that counts: under `fail`, a poison record stops the application even if the
+    /// operator swallowed the error that `Context::poison` returned.
+    fn tallied(
+        &mut self,
+        result: Result<(), ProcessError>,
+        mut tally: PoisonTally,
+    ) -> Result<(), ProcessError> {
+        telemetry::poison(tally.skipped, tally.dead_lettered, tally.late);
+        self.totals.late += tally.late;
+        self.totals.skipped += tally.skipped;
+        self.totals.dead_lettered += tally.dead_lettered;
+        match (result, tally.failed.take()) {
+            (Err(ProcessError::Poison(p)), _) => Err(ProcessError::Poison(p)),
+            (_, Some((topic, partition, offset, cause))) => {
+                Err(ProcessError::Poison(PoisonRecord {
+                    topic,
+                    partition,
+                    offset,
+                    cause: cause.into(),
+                }))
+            }
+            (result, None) => result,
+        }
+    }
+
+    /// What an operator's error does (its table in `ProcessError`): `Retriable` aborts and
+    /// replays (until `processing.retries` is exhausted), `Fatal` and `Poison` stop. `during`
+    /// names the hook, `position` where it was (a record's coordinates, or a timer).
+    async fn failed_processing(
+        &mut self,
+        error: ProcessError,
+        during: &'static str,
+        position: String,
+    ) -> Result<(), RuntimeError> {
+        match error {
+            ProcessError::Retriable(e) => {
                 self.consecutive_failures += 1;
                 let attempts = self.consecutive_failures;
                 let message = e.to_string();
@@ -399,25 +450,25 @@ impl Engine {
                     let err = RuntimeError::RetriesExhausted {
                         attempts,
                         retries: self.config.processing_retries,
-                        position: batch[0].coordinates(),
+                        position,
                         message,
                     };
                     return Err(self.stop(err).await);
                 }
-                self.abort_and_rewind("process", &message).await?;
+                self.abort_and_rewind(during, &message).await?;
                 let backoff = Duration::from_millis(100 * (1 << (attempts - 1).min(6)));
-                telemetry::retrying("process", &message, attempts, backoff);
+                telemetry::retrying(during, &message, attempts, backoff);
                 tokio::time::sleep(backoff).await;
                 Ok(())
             }
-            Err(ProcessError::Fatal(e)) => {
+            ProcessError::Fatal(e) => {
                 let err = RuntimeError::Operator {
-                    during: "process",
+                    during,
                     message: e.to_string(),
                 };
                 Err(self.stop(err).await)
             }
-            Err(ProcessError::Poison(p)) => Err(self.stop(RuntimeError::Poison(p)).await),
+            ProcessError::Poison(p) => Err(self.stop(RuntimeError::Poison(p)).await),
         }
     }
 
@@ -598,6 +649,7 @@ impl Engine {
         for p in &partitions {
             self.assigned.remove(p);
             self.resume_at.remove(p);
+            self.times_revoked(p);
             // Whatever happened to the commit, offsets of partitions this instance no longer
             // owns must never be committed by it.
             self.positions.remove(p);
@@ -672,6 +724,15 @@ impl RebalanceListener for Engine {
     fn park(&mut self, error: RuntimeError) {
         self.failure.get_or_insert(error);
     }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A polled batch as runs of one task (partition number) each, in polled order: librdkafka

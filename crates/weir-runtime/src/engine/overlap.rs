@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
+use weir_core::TopicPartition;
 
 use super::commit::{to_commit_tpl, Mode, Offsets};
 use super::Engine;
@@ -27,6 +28,8 @@ pub(crate) struct Committing {
     /// `send_offsets_to_transaction` and `commit_transaction`, on a detached thread.
     task: Detached<Result<(), Failed>>,
     offsets: Offsets,
+    /// The times of its partitions, committed in the offsets' metadata.
+    times: Vec<(TopicPartition, i64)>,
     records_in: u64,
     records_out: u64,
     reason: CommitReason,
@@ -54,7 +57,8 @@ impl Engine {
         let offsets = self.position_list();
         let (_, marks) = self.state_commits()?;
         let group = self.group_metadata().await?;
-        let tpl = (!offsets.is_empty()).then(|| Arc::new(to_commit_tpl(&offsets, &marks)));
+        let times = self.times_of(&offsets);
+        let tpl = (!offsets.is_empty()).then(|| Arc::new(to_commit_tpl(&offsets, &marks, &times)));
         let group = Arc::new(group);
         let Mode::Overlapped { spare, committing } = &mut self.mode else {
             return Err(RuntimeError::Internal(
@@ -94,6 +98,7 @@ impl Engine {
             producer,
             task,
             offsets,
+            times,
             records_in: std::mem::take(&mut self.pending_in),
             records_out: std::mem::take(&mut self.pending_out),
             reason,
@@ -162,6 +167,7 @@ impl Engine {
         let Err(failed) = outcome else {
             self.mode.put_spare(c.producer);
             self.resume_at.extend(c.offsets.iter().cloned());
+            self.times_committed(c.times);
             self.publish_committed();
             self.committed(c.reason, c.started, c.records_in, c.records_out, c.offsets)
                 .await?;

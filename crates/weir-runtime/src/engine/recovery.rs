@@ -71,6 +71,15 @@ impl Engine {
                 }
             }
         }
+        let times = starts
+            .iter()
+            .filter(|s| s.start == StartFrom::Committed)
+            .filter_map(|s| {
+                let time = marks.get(&s.partition).and_then(|m| m.time)?;
+                Some((s.partition.clone(), time))
+            })
+            .collect();
+        self.times_assigned(times);
         self.resume_at
             .extend(starts.iter().map(|s| (s.partition.clone(), s.start_offset)));
         self.publish_committed();
