@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Draws docs/figures/windows.svg: one key's records on an event-time axis and the windows
-each kind makes of them (tumbling, hopping, session), with grace and a late record.
+each kind makes of them (tumbling, hopping, sliding, session), with grace and a late record.
 
 Run: python3 docs/figures/windows.py   (standard library only)
 """
@@ -18,13 +18,31 @@ def x(t):
     return LEFT + t * SCALE
 
 
+def sliding(size):
+    """Sliding windows [s, s + size] (drawn as [s, s + size + 1)): one ending at each record,
+    and one starting just after each record that holds another record."""
+    times = sorted({t for (t, n) in RECORDS if (t, n) not in LATE})
+    starts = {t - size for t in times}
+    starts |= {p + 1 for p in times if any(p < t <= p + 1 + size for t in times)}
+    return [(s, s + size + 1) for s in sorted(starts)]
+
+
+# Rows: (label, windows, lanes the windows cycle through).
+ROWS = [
+    ("tumbling(10)", [(0, 10), (10, 20), (20, 30)], 1),
+    ("hopping(10, 5)", [(0, 10), (5, 15), (10, 20), (15, 25), (20, 30), (25, 35)], 2),
+    ("sliding(6)", sliding(6), 4),
+    ("session(gap 6)", [(1, 17 + 6), (27, 29 + 6)], 1),
+]
+
+
 def main():
-    rows = [
-        ("tumbling(10)", [(0, 10), (10, 20), (20, 30)]),
-        ("hopping(10, 5)", [(0, 10), (5, 15), (10, 20), (15, 25), (20, 30), (25, 35)]),
-        ("session(gap 6)", [(1, 17 + 6), (27, 29 + 6)]),
-    ]
-    height = 120 + 70 * len(rows)
+    tops = []
+    y = 120
+    for _, _, lanes in ROWS:
+        tops.append(y)
+        y += 48 + 22 * lanes
+    height = y + 10
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{LEFT + WIDTH * SCALE + 40}" '
         f'height="{height}" font-family="sans-serif" font-size="13">',
@@ -50,13 +68,13 @@ def main():
         f'<text x="{x(4) + 12}" y="{axis_y - 34}" fill="#c0392b">late: arrives at stream time 17 '
         f"&gt;= 10 + {GRACE}</text>"
     )
-    for i, (name, windows) in enumerate(rows):
-        y = 120 + 70 * i
+    for (name, windows, lanes), y in zip(ROWS, tops):
         out.append(f'<text x="10" y="{y + 16}">{name}</text>')
         for j, (start, end) in enumerate(windows):
-            lane = y + (j % 2) * 22 if name.startswith("hopping") else y
+            lane = y + (j % lanes) * 22
+            shown = max(start, 0)  # the axis starts at 0
             out.append(
-                f'<rect x="{x(start)}" y="{lane}" width="{(end - start) * SCALE}" height="18" '
+                f'<rect x="{x(shown)}" y="{lane}" width="{(end - shown) * SCALE}" height="18" '
                 f'fill="#aed6f1" stroke="#2874a6"/>'
             )
             # Grace: the window still takes records until end + grace.
@@ -68,7 +86,7 @@ def main():
                 1 for (t, n) in RECORDS if start <= t < end and (t, n) not in LATE
             )
             out.append(
-                f'<text x="{x(start) + 4}" y="{lane + 14}" font-size="11">[{start}, {end}) '
+                f'<text x="{x(shown) + 4}" y="{lane + 14}" font-size="11">[{start}, {end}) '
                 f"n={count}</text>"
             )
     legend_y = height - 14

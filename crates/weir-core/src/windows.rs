@@ -1,5 +1,6 @@
-//! Windowed aggregations: tumbling, hopping and session windows with a grace period, on top of
-//! state stores and event-time timers (see [`crate::time`]), usable from any operator.
+//! Windowed aggregations: tumbling, hopping, sliding and session windows with a grace period,
+//! on top of state stores and event-time timers (see [`crate::time`]), usable from any
+//! operator.
 //!
 //! A [`WindowedAggregation`] keeps one row per (key, window) in a state store of its own, and
 //! an event-time timer per window at its end + grace. A record is added to every window it
@@ -10,7 +11,9 @@
 //! [`WindowedAggregation::on_timer`] returns the window's final result, once, and deletes its
 //! row; in [`Emit::OnUpdate`] mode every [`add`](WindowedAggregation::add) returns the windows
 //! it changed, and the timer only deletes the row. Either way no window outlives its end +
-//! grace in the store: state stays as large as the open windows.
+//! grace in the store: state stays as large as the open windows (sliding windows also keep one
+//! aggregate per record timestamp of the last `size + 2 + grace` ms; see
+//! [`WindowSpec::sliding`]).
 //!
 //! The emit, the row's deletion, the timer's and the input offsets that moved stream time past
 //! the window's end + grace commit in one transaction, so a window's result is emitted exactly
@@ -20,6 +23,7 @@
 //! |---|---|---|
 //! | [`WindowSpec::tumbling`]`(size)` | `[s, s + size)`, `s` a multiple of `size` | `s + size` |
 //! | [`WindowSpec::hopping`]`(size, advance)` | every `[s, s + size)` with `s` a multiple of `advance` and `s <= t < s + size` | `s + size` |
+//! | [`WindowSpec::sliding`]`(size)` | `[r - size, r]` for each record `r` of the key, and `[r + 1, r + 1 + size]` when it holds a record; `t` is in each that covers it | `s + size + 1` |
 //! | [`WindowSpec::session`]`(gap)` | `[t, t + gap)`, merged with every session of the key it overlaps | last record + `gap` |
 //!
 //! ```
@@ -63,6 +67,7 @@ pub struct WindowSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Hopping { size: i64, advance: i64 },
+    Sliding { size: i64 },
     Session { gap: i64 },
 }
 
@@ -84,6 +89,24 @@ impl WindowSpec {
                 size: size_ms,
                 advance: advance_ms,
             },
+            grace_ms: 0,
+        }
+    }
+
+    /// Sliding windows of `size_ms` (Kafka Streams' `SlidingWindows`): windows `[s, s + size]`,
+    /// both ends inclusive, defined by the records themselves — each record at `t` has a window
+    /// that ends at it, `[t - size, t]`, and one that starts just after it, `[t + 1, t + 1 +
+    /// size]`, if another record falls in that one. So every distinct set of a key's records
+    /// no more than `size` apart is one window, and an aggregate over "the last `size` ms" is
+    /// there for every record. Results report `end = s + size + 1` (exclusive, as for every
+    /// kind). Grace 0.
+    pub fn sliding(size_ms: i64) -> Self {
+        assert!(
+            size_ms > 0,
+            "sliding windows need a size > 0 (got {size_ms})"
+        );
+        Self {
+            kind: Kind::Sliding { size: size_ms },
             grace_ms: 0,
         }
     }
@@ -112,7 +135,7 @@ impl WindowSpec {
     }
 
     /// The `[start, end)` of every fixed window (tumbling, hopping) `t` falls in, latest start
-    /// first; `None` for sessions.
+    /// first; `None` for sliding and session windows (their windows depend on the records).
     pub fn windows_of(&self, t: i64) -> Option<Vec<(i64, i64)>> {
         let Kind::Hopping { size, advance } = self.kind else {
             return None;
@@ -281,6 +304,13 @@ impl<G: Aggregator> WindowedAggregation<G> {
                 }
                 updated
             }
+            Kind::Sliding { size } => {
+                if closed(t + size + 1) {
+                    ctx.late(record, self.late_reason(t, before));
+                    return Ok(Added::Late);
+                }
+                self.add_sliding(ctx, key, t, size, value, &closed)?
+            }
             Kind::Session { gap } => {
                 if closed(t + gap) {
                     ctx.late(record, self.late_reason(t, before));
@@ -337,6 +367,12 @@ impl<G: Aggregator> WindowedAggregation<G> {
             return Ok(None);
         };
         let row_key = row_key.to_vec();
+        if row_key.starts_with(&BUCKETS) {
+            // A sliding window's bucket that no open window can need any more.
+            ctx.store::<Vec<u8>, G::Agg>(&self.store)?
+                .delete(&row_key)?;
+            return Ok(None);
+        }
         let Some((key, start)) = split_window_key(&row_key) else {
             return Ok(None);
         };
@@ -380,6 +416,94 @@ impl<G: Aggregator> WindowedAggregation<G> {
                 })
             })
             .collect())
+    }
+
+    /// Sliding windows: `key`'s records are also kept as one aggregate per timestamp (a
+    /// *bucket*), from which a window that comes into being is folded (with `merge`) — a
+    /// sliding window can start to exist after records inside it arrived. Windows that
+    /// already exist are updated with `add`, as fixed ones are. A record at `t` touches only
+    /// the buckets in `[t - size - 1, t + size + 1]`: every window that contains it starts in
+    /// `[t - size, t]`, and the one after it starts at `t + 1`.
+    fn add_sliding(
+        &self,
+        ctx: &mut Context<'_>,
+        key: &[u8],
+        t: i64,
+        size: i64,
+        value: &G::Value,
+        closed: &dyn Fn(i64) -> bool,
+    ) -> Result<Vec<WindowResult<G::Agg>>, ProcessError> {
+        let mut buckets: std::collections::BTreeMap<i64, G::Agg> = ctx
+            .store::<Vec<u8>, G::Agg>(&self.store)?
+            .range(
+                &bucket_key(key, t - size - 1),
+                &bucket_key(key, t + size + 2),
+            )?
+            .into_iter()
+            .filter_map(|(k, agg)| Some((split_bucket_key(&k)?.1, agg)))
+            .collect();
+        let new_bucket = !buckets.contains_key(&t);
+        let bucket = buckets.entry(t).or_insert_with(|| self.aggregator.init());
+        self.aggregator.add(bucket, value);
+        ctx.store::<Vec<u8>, G::Agg>(&self.store)?
+            .put(&bucket_key(key, t), bucket)?;
+        if new_bucket {
+            // After this no window that holds `t` is open, nor can one be made: the last,
+            // `[t, t + size]` (the window after a record at t - 1), closes at t + size + 1 +
+            // grace, and a record that would make it must come before that.
+            let due = t + size + 2 + self.spec.grace_ms;
+            let timer = self.timer_key(&bucket_key(key, t));
+            ctx.timers()?.schedule(TimeDomain::EventTime, timer, due)?;
+        }
+        // The windows that contain the record, and the one just after it.
+        let mut starts = std::collections::BTreeSet::new();
+        starts.insert(t - size);
+        for &b in buckets.keys() {
+            if b > t && b <= t + size {
+                starts.insert(b - size); // the window ending at b holds t
+            } else if b < t && b >= t - size - 1 {
+                starts.insert(b + 1); // the window after b holds t
+            }
+        }
+        if buckets.range(t + 1..=t + 1 + size).next().is_some() {
+            starts.insert(t + 1); // the window after t holds a record
+        }
+        let mut updated = Vec::new();
+        for start in starts {
+            let end = start + size + 1;
+            if closed(end) {
+                continue;
+            }
+            let row_key = window_key(key, start);
+            let mut rows = ctx.store::<Vec<u8>, Row<G::Agg>>(&self.store)?;
+            let holds_t = start <= t && t < end;
+            let row = match rows.get(&row_key)? {
+                Some(mut row) if holds_t => {
+                    self.aggregator.add(&mut row.agg, value);
+                    row
+                }
+                Some(_) => continue,
+                None => {
+                    let mut agg = self.aggregator.init();
+                    for (_, b) in buckets.range(start..end) {
+                        agg = self.aggregator.merge(agg, clone_agg(b)?);
+                    }
+                    self.schedule_close(ctx, &row_key, end)?;
+                    Row { end, agg }
+                }
+            };
+            ctx.store::<Vec<u8>, Row<G::Agg>>(&self.store)?
+                .put(&row_key, &row)?;
+            if self.emit == Emit::OnUpdate {
+                updated.push(WindowResult {
+                    key: key.to_vec(),
+                    start,
+                    end,
+                    agg: row.agg,
+                });
+            }
+        }
+        Ok(updated)
     }
 
     /// Every open session of `key`: (start, row).
@@ -443,6 +567,28 @@ fn window_key(key: &[u8], start: i64) -> Vec<u8> {
     let mut k = key_prefix(key);
     k.extend(start.encode());
     k
+}
+
+/// Where sliding windows' buckets live in the store: after every row (no key is 2^32 - 1
+/// bytes long).
+const BUCKETS: [u8; 4] = [0xff; 4];
+
+/// A sliding window bucket's key: `[BUCKETS][key length][key][timestamp, order-preserving]`.
+fn bucket_key(key: &[u8], t: i64) -> Vec<u8> {
+    let mut k = BUCKETS.to_vec();
+    k.extend(window_key(key, t));
+    k
+}
+
+fn split_bucket_key(bytes: &[u8]) -> Option<(&[u8], i64)> {
+    split_window_key(bytes.strip_prefix(&BUCKETS)?)
+}
+
+/// A copy of an aggregate (the trait asks for no `Clone`; the aggregate is serde already).
+fn clone_agg<A: Serialize + DeserializeOwned>(agg: &A) -> Result<A, ProcessError> {
+    serde_json::to_vec(agg)
+        .and_then(|bytes| serde_json::from_slice(&bytes))
+        .map_err(|e| ProcessError::Fatal(e.into()))
 }
 
 fn key_prefix(key: &[u8]) -> Vec<u8> {
@@ -622,6 +768,138 @@ mod tests {
         // Once a session has closed, a record that would have joined it is late.
         let (_, late, _) = run(&agg, &[("u", 0, 1), ("u", 100, 0), ("u", 5, 1)]);
         assert_eq!(late, 1);
+    }
+
+    /// Sliding windows from their definition, from scratch: a record at `t` is accepted unless
+    /// `t + size + 1 + grace <= stream time` before it; the windows of a key are `[r - size, r]`
+    /// per accepted record `r` and `[p + 1, p + 1 + size]` per accepted `p` with an accepted
+    /// record inside; a window closes at `end + grace` (end = start + size + 1), and holds the
+    /// accepted records inside it that arrived before it closed (it exists if the records that
+    /// define it did too).
+    fn sliding_oracle(size: i64, grace: i64, input: &[(&str, i64, i64)]) -> (Vec<Closed>, u64) {
+        let mut st: Option<i64> = None;
+        let mut late = 0;
+        let mut accepted: Vec<(&str, i64, i64, Option<i64>)> = Vec::new();
+        for &(k, t, v) in input {
+            if st.is_some_and(|s| t + size + 1 + grace <= s) {
+                late += 1;
+            } else {
+                accepted.push((k, t, v, st));
+            }
+            st = Some(st.map_or(t, |s| s.max(t)));
+        }
+        let final_st = st.unwrap_or(i64::MIN);
+        let mut closed = std::collections::BTreeSet::new();
+        for &(key, ..) in &accepted {
+            let mine: Vec<_> = accepted.iter().filter(|r| r.0 == key).collect();
+            let starts: std::collections::BTreeSet<i64> =
+                mine.iter().flat_map(|r| [r.1 - size, r.1 + 1]).collect();
+            for s in starts {
+                let (end, close) = (s + size + 1, s + size + 1 + grace);
+                if final_st < close {
+                    continue;
+                }
+                let before: Vec<_> = mine
+                    .iter()
+                    .filter(|r| r.3.is_none_or(|b| b < close))
+                    .collect();
+                let inside: Vec<_> = before.iter().filter(|r| s <= r.1 && r.1 < end).collect();
+                let exists = before.iter().any(|r| r.1 - size == s)
+                    || (before.iter().any(|p| p.1 + 1 == s) && !inside.is_empty());
+                if exists {
+                    let sum = inside.iter().map(|r| r.2).sum();
+                    closed.insert((key.to_string(), s, end, inside.len() as u64, sum));
+                }
+            }
+        }
+        (closed.into_iter().collect(), late)
+    }
+
+    #[test]
+    fn sliding_windows_hold_every_set_of_records_no_more_than_size_apart() {
+        let agg = WindowedAggregation::new("w", WindowSpec::sliding(10), Emit::OnClose, CountSum);
+        let (closed, late, _) = run(&agg, &[("k", 5, 1), ("k", 12, 2), ("k", 40, 0)]);
+        // [-5, 5] {5}; [2, 12] {5, 12}; [6, 16] {12} (after 5); [13, 23] is empty (not a window).
+        assert_eq!(
+            closed,
+            vec![
+                ("k".into(), -5, 6, 1, 1),
+                ("k".into(), 2, 13, 2, 3),
+                ("k".into(), 6, 17, 1, 2),
+            ]
+        );
+        assert_eq!(late, 0);
+        // On update: every window the record changes or makes.
+        let mut state = MemoryState::default();
+        let poison = PoisonHandling {
+            policy: PoisonPolicy::Fail,
+            dead_letter_topic: None,
+            application_id: "t".into(),
+        };
+        let mut tally = PoisonTally::default();
+        let mut outputs: Vec<Output> = Vec::new();
+        let agg = WindowedAggregation::new("w", WindowSpec::sliding(10), Emit::OnUpdate, CountSum);
+        let mut results = Vec::new();
+        let mut stream_time = None;
+        for (i, (ts, v)) in [(5, 1), (12, 2)].into_iter().enumerate() {
+            let mut ctx = Context::new(&mut outputs, &poison, &mut tally)
+                .with_state(&mut state)
+                .with_time(stream_time, true);
+            let Added::Updated(u) = agg.add(&mut ctx, &record(i as i64, ts), b"k", &v).unwrap()
+            else {
+                panic!("not late");
+            };
+            stream_time = ctx.stream_time();
+            results.push(u.iter().map(|w| (w.start, w.agg)).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            results,
+            vec![vec![(-5, (1, 1))], vec![(2, (2, 3)), (6, (1, 2))]]
+        );
+    }
+
+    #[test]
+    fn sliding_windows_match_their_definition_out_of_order_and_late() {
+        // A small LCG: deterministic, no dependency.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: i64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) % n as u64) as i64
+        };
+        for round in 0..40 {
+            let (size, grace) = (1 + next(12), next(8));
+            let mut input = Vec::new();
+            let mut now = 0;
+            for _ in 0..120 {
+                now += next(4);
+                let t = now - next(size + grace + 6); // out of order; some late
+                let key = ["a", "b"][next(2) as usize];
+                input.push((key, t, next(100) - 50));
+            }
+            let agg = WindowedAggregation::new(
+                "w",
+                WindowSpec::sliding(size).grace(grace),
+                Emit::OnClose,
+                CountSum,
+            );
+            let (mut closed, late, _) = run(&agg, &input);
+            let emitted = closed.len();
+            closed.sort();
+            closed.dedup();
+            assert_eq!(
+                closed.len(),
+                emitted,
+                "round {round}: a window emitted twice"
+            );
+            let (expected, expected_late) = sliding_oracle(size, grace, &input);
+            assert_eq!(
+                (closed, late),
+                (expected, expected_late),
+                "round {round}: size {size}, grace {grace}, input {input:?}"
+            );
+        }
     }
 
     #[test]
