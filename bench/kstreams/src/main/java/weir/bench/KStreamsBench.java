@@ -7,8 +7,14 @@ import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
+import java.time.Duration;
+import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.kstream.Consumed;
+import org.apache.kafka.streams.kstream.Grouped;
+import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.kstream.Suppressed;
+import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.processor.api.Processor;
 import org.apache.kafka.streams.processor.api.ProcessorContext;
 import org.apache.kafka.streams.processor.api.Record;
@@ -18,18 +24,23 @@ import org.apache.kafka.streams.state.Stores;
 /**
  * The Kafka Streams side of weir's benchmark: {@code mirror} (copy every record) or
  * {@code totals} (per key, a running count/sum/min/max in a RocksDB store with a changelog,
- * one JSON output per input record, like weir's `totals` example), exactly_once_v2.
+ * one JSON output per input record, like weir's `totals` example), or {@code windows} (count
+ * and sum per key per tumbling window with grace, emitted once when the window closes:
+ * {@code windowedBy(TimeWindows.ofSizeAndGrace(..)).aggregate(..)} with
+ * {@code suppress(untilWindowCloses)}, the same JSON as weir's `windows` example),
+ * exactly_once_v2.
  *
- * <p>Usage: {@code KStreamsBench mirror|totals BOOTSTRAP APPLICATION_ID INPUT OUTPUT
- * COMMIT_INTERVAL_MS THREADS STATE_DIR}. Runs until SIGTERM, then closes cleanly.
+ * <p>Usage: {@code KStreamsBench mirror|totals|windows BOOTSTRAP APPLICATION_ID INPUT OUTPUT
+ * COMMIT_INTERVAL_MS THREADS STATE_DIR [WINDOW_MS GRACE_MS]}. Runs until SIGTERM, then closes
+ * cleanly.
  */
 public final class KStreamsBench {
   private static final String STORE = "totals";
 
   public static void main(String[] args) throws InterruptedException {
-    if (args.length != 8) {
+    if (args.length != 8 && args.length != 10) {
       System.err.println(
-          "usage: KStreamsBench mirror|totals BOOTSTRAP APPLICATION_ID INPUT OUTPUT COMMIT_INTERVAL_MS THREADS STATE_DIR");
+          "usage: KStreamsBench mirror|totals|windows BOOTSTRAP APPLICATION_ID INPUT OUTPUT COMMIT_INTERVAL_MS THREADS STATE_DIR [WINDOW_MS GRACE_MS]");
       System.exit(2);
     }
     String mode = args[0];
@@ -58,8 +69,36 @@ public final class KStreamsBench {
       builder.stream(input, Consumed.with(Serdes.String(), Serdes.String()))
           .process(Totals::new, STORE)
           .to(output, Produced.with(Serdes.String(), Serdes.String()));
+    } else if (mode.equals("windows") && args.length == 10) {
+      long size = Long.parseLong(args[8]);
+      long grace = Long.parseLong(args[9]);
+      builder.stream(input, Consumed.with(Serdes.String(), Serdes.String()))
+          .groupByKey(Grouped.with(Serdes.String(), Serdes.String()))
+          .windowedBy(TimeWindows.ofSizeAndGrace(Duration.ofMillis(size), Duration.ofMillis(grace)))
+          // The aggregate is "count,sum".
+          .aggregate(
+              () -> "0,0",
+              (key, value, agg) -> {
+                String[] f = agg.split(",");
+                long count = Long.parseLong(f[0]) + 1;
+                long sum = Long.parseLong(f[1]) + Long.parseLong(value.trim());
+                return count + "," + sum;
+              },
+              Materialized.with(Serdes.String(), Serdes.String()))
+          .suppress(Suppressed.untilWindowCloses(Suppressed.BufferConfig.unbounded()))
+          .toStream()
+          .map(
+              (w, agg) -> {
+                String[] f = agg.split(",");
+                String json =
+                    "{\"key\":\"" + w.key() + "\",\"start\":" + w.window().start()
+                        + ",\"end\":" + w.window().end() + ",\"count\":" + f[0]
+                        + ",\"sum\":" + f[1] + "}";
+                return KeyValue.pair(w.key(), json);
+              })
+          .to(output, Produced.with(Serdes.String(), Serdes.String()));
     } else {
-      System.err.println("unknown mode " + mode + ": mirror or totals");
+      System.err.println("unknown mode " + mode + ": mirror, totals, or windows WINDOW_MS GRACE_MS");
       System.exit(2);
     }
 
