@@ -15,6 +15,8 @@
 //! | `kstreams-eos` | Kafka Streams 4.1 `stream(in).to(out)`, exactly_once_v2 |
 //! | `weir-totals` | the `totals` example (RocksDB store with changelog), exactly_once |
 //! | `kstreams-totals` | the same per-key totals in Kafka Streams (RocksDB store with changelog and the record cache), exactly_once_v2 |
+//! | `weir-windows` | the `windows` example: count and sum per key per tumbling window with grace, each emitted once when it closes, exactly_once |
+//! | `kstreams-windows` | the same in Kafka Streams: `groupByKey().windowedBy(TimeWindows.ofSizeAndGrace(..)).aggregate(..)` with `suppress(untilWindowCloses)`, exactly_once_v2 |
 //!
 //! all at `--commit-interval-ms` (100), plus `weir-eos` at each `--sweep` interval (10, 1000 ms)
 //! on the 100 B data. Every run of a contender:
@@ -29,6 +31,12 @@
 //! 2. **latency** (100 B and totals data): a new input topic, the contender started, records
 //!    produced at `--latency-rate` per second for `--latency-secs`, each stamped with its send
 //!    time; the reader takes `time seen committed − record timestamp` for each: p50 and p99.
+//!    For the windows contenders, **window-close latency**: records stamped with their send
+//!    time for `--window-latency-secs`, windows of `--latency-window-ms` and no grace, so a
+//!    window closes as the first record past its end arrives; the reader takes `time seen
+//!    committed − window end` for each result. For weir it also replays the run's changelogs
+//!    (windows and timers) to count the store's live rows at each tenth of the run: the state
+//!    size over time.
 //!
 //! Runs repeat `--runs` times (3), round-robin per dataset (run 1 of every contender, then run
 //! 2, ..., every other round in reverse order), so a drift of the machine over the session does
@@ -66,7 +74,8 @@ use serde::Serialize;
 use weir_kafka::admin::TopicSpec;
 use weir_kafka::clients::base_config;
 use weir_testkit::{
-    unique, verify_copy, verify_totals, ChildProcess, Isolation, Kafka, ReadRecord,
+    expected_windows, unique, verify_copy, verify_totals, verify_windows, ChildProcess, Isolation,
+    Kafka, ReadRecord,
 };
 
 #[derive(Parser, Debug)]
@@ -84,6 +93,27 @@ struct Args {
     /// Accounts (keys) of the totals dataset.
     #[arg(long, default_value_t = 100_000)]
     totals_keys: usize,
+    /// Payments of the windows dataset (0: skip it): one per ms of event time, most up to
+    /// 500 ms out of order, one in ten up to two windows behind (some late), then a record per
+    /// partition far ahead that closes every window.
+    #[arg(long, default_value_t = 1_000_000)]
+    windows_records: usize,
+    /// Accounts (keys) of the windows dataset.
+    #[arg(long, default_value_t = 1_000)]
+    windows_keys: usize,
+    /// Window size of the windows dataset, ms of event time.
+    #[arg(long, default_value_t = 10_000)]
+    window_ms: i64,
+    /// Grace of the windows dataset, ms.
+    #[arg(long, default_value_t = 1_000)]
+    grace_ms: i64,
+    /// Window size in the window-close latency runs (no grace), ms.
+    #[arg(long, default_value_t = 1_000)]
+    latency_window_ms: i64,
+    /// Seconds of producing in the window-close latency runs (also the run whose state size
+    /// over time is reported).
+    #[arg(long, default_value_t = 60)]
+    window_latency_secs: u64,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
@@ -177,6 +207,8 @@ enum Contender {
     KstreamsEos,
     WeirTotals,
     KstreamsTotals,
+    WeirWindows,
+    KstreamsWindows,
     /// An experiment: `weir-eos` with the extra keys in `WEIR_BENCH_X_SET` ("k=v k=v"), or
     /// with the mirror binary in `WEIR_BENCH_X_BIN`, run only when `--only` names it, so that a
     /// change of settings or code is measured against `weir-eos` in the same rounds.
@@ -196,6 +228,8 @@ impl Contender {
             Contender::KstreamsEos => "kstreams-eos",
             Contender::WeirTotals => "weir-totals",
             Contender::KstreamsTotals => "kstreams-totals",
+            Contender::WeirWindows => "weir-windows",
+            Contender::KstreamsWindows => "kstreams-windows",
             Contender::WeirEosX => "weir-eos-x",
             Contender::CeilingX => "ceiling-x",
         }
@@ -203,6 +237,17 @@ impl Contender {
 
     fn totals(self) -> bool {
         matches!(self, Contender::WeirTotals | Contender::KstreamsTotals)
+    }
+
+    fn windows(self) -> bool {
+        matches!(self, Contender::WeirWindows | Contender::KstreamsWindows)
+    }
+
+    fn kstreams(self) -> bool {
+        matches!(
+            self,
+            Contender::KstreamsEos | Contender::KstreamsTotals | Contender::KstreamsWindows
+        )
     }
 
     fn weir(self) -> bool {
@@ -213,6 +258,7 @@ impl Contender {
                 | Contender::WeirEosX
                 | Contender::WeirAlo
                 | Contender::WeirTotals
+                | Contender::WeirWindows
         )
     }
 }
@@ -237,6 +283,9 @@ struct Run {
     peak_rss_mib: f64,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
+    /// weir-windows' latency run: live rows of its stores (windows and timers, from their
+    /// changelogs) at each tenth of the run, first to last.
+    state_rows: Option<Vec<usize>>,
     exactly_once: bool,
     problem: Option<String>,
     /// What the whole machine did over the throughput run, to tell a contender's cost from
@@ -452,12 +501,18 @@ fn main() -> anyhow::Result<()> {
             datasets.push(preload(&kafka, &args, name, n, bytes)?);
         }
     }
+    if args.windows_records > 0 {
+        datasets.push(preload_windows(&kafka, &args)?);
+    }
+    let window = (args.window_ms, args.grace_ms);
 
     let mut rows = Vec::new();
     let mut warmed = 0;
     for ds in &datasets {
         let contenders: &[Contender] = if ds.name == "totals" {
             &[Contender::WeirTotals, Contender::KstreamsTotals]
+        } else if ds.name == "windows" {
+            &[Contender::WeirWindows, Contender::KstreamsWindows]
         } else {
             &[
                 Contender::Ceiling,
@@ -471,10 +526,7 @@ fn main() -> anyhow::Result<()> {
         };
         let mut plan: Vec<(Contender, u64)> = contenders
             .iter()
-            .filter(|c| {
-                kstreams.is_some()
-                    || !matches!(c, Contender::KstreamsEos | Contender::KstreamsTotals)
-            })
+            .filter(|c| kstreams.is_some() || !c.kstreams())
             .map(|c| (*c, args.commit_interval_ms))
             .collect();
         if ds.name == "100B" {
@@ -523,16 +575,32 @@ fn main() -> anyhow::Result<()> {
                     partitions: args.partitions,
                     contender,
                     interval,
+                    window,
                 };
                 let mut run = launcher.throughput(ds)?;
-                if ds.name != "1KB" && !warming {
-                    match launcher.latency(ds, args.latency_rate, args.latency_secs) {
-                        Ok((p50, p99)) => {
-                            run.latency_p50_ms = Some(p50);
-                            run.latency_p99_ms = Some(p99);
-                        }
-                        Err(e) => run.problem = Some(format!("latency run: {e:#}")),
+                let latency = if ds.name == "1KB" || warming {
+                    None
+                } else if ds.name == "windows" {
+                    Some(launcher.window_latency(
+                        args.latency_rate,
+                        args.window_latency_secs,
+                        args.latency_window_ms,
+                    ))
+                } else {
+                    Some(
+                        launcher
+                            .latency(ds, args.latency_rate, args.latency_secs)
+                            .map(|(p50, p99)| (p50, p99, None)),
+                    )
+                };
+                match latency {
+                    Some(Ok((p50, p99, rows))) => {
+                        run.latency_p50_ms = Some(p50);
+                        run.latency_p99_ms = Some(p99);
+                        run.state_rows = rows;
                     }
+                    Some(Err(e)) => run.problem = Some(format!("latency run: {e:#}")),
+                    None => {}
                 }
                 println!(
                     "  {:<16} {:<7} {:>5} ms  {:<9}: {:>9.0} rec/s  cpu {:>6.1} s  broker cpu {:>6} s  rss {:>6.0} MiB  p50 {:>6} ms  p99 {:>6} ms  {}",
@@ -548,6 +616,9 @@ fn main() -> anyhow::Result<()> {
                     fmt_opt(run.latency_p99_ms),
                     if run.exactly_once { "verified exactly-once".to_string() } else { format!("INVALID: {}", run.problem.clone().unwrap_or_default()) }
                 );
+                if let Some(rows) = &run.state_rows {
+                    println!("    live state rows at each tenth of the latency run: {rows:?}");
+                }
                 if let Some(w) = &run.weir_waited {
                     println!(
                         "    weir waited: input {:.2} s, output (producer queue full) {:.2} s, commit {:.2} s",
@@ -729,6 +800,75 @@ fn preload(
     })
 }
 
+/// The windows dataset: `--windows-records` payments over `--windows-keys` accounts (keyed as
+/// the totals data, partitioned by murmur2 like Kafka Streams), one per ms of event time from
+/// three hours ago, most up to 500 ms out of order and one in ten up to two windows behind;
+/// then one record per partition `2 × (window + grace)` past the last, which closes every
+/// window of the data (its own stays open).
+fn preload_windows(kafka: &Kafka, args: &Args) -> anyhow::Result<Dataset> {
+    let n = args.windows_records;
+    let topic = unique("bench-windows");
+    kafka.create_topic(&topic, args.partitions);
+    println!("▶ preloading {n} timed records (windows) into {topic}");
+    let t0 = (now_ms() as i64 - 3 * 3_600_000) / 60_000 * 60_000;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |bound: i64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) % bound.max(1) as u64) as i64
+    };
+    let p = producer(kafka.bootstrap_servers())?;
+    let send = |record: BaseRecord<'_, String, String>| -> anyhow::Result<()> {
+        let mut record = record;
+        loop {
+            match p.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, r))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("preloading {topic}: {e}"),
+            }
+        }
+    };
+    let span = 2 * (args.window_ms + args.grace_ms);
+    for i in 0..n {
+        let (k, v) = value_for(0, i, args.windows_keys);
+        let back = if next(10) == 0 { next(span) } else { next(500) };
+        let ts = t0 + i as i64 - back;
+        send(BaseRecord::to(&topic).key(&k).payload(&v).timestamp(ts))?;
+    }
+    let (zero, closer_ts) = ("0".to_string(), t0 + n as i64 + span);
+    for partition in 0..args.partitions {
+        let key = format!("closer-{partition}");
+        send(
+            BaseRecord::to(&topic)
+                .partition(partition)
+                .key(&key)
+                .payload(&zero)
+                .timestamp(closer_ts),
+        )?;
+    }
+    p.flush(Duration::from_secs(120))?;
+    let input = kafka.read_to_end(&topic, Isolation::ReadCommitted);
+    let total = n + args.partitions as usize;
+    anyhow::ensure!(
+        input.len() == total,
+        "preloaded {} of {total} records",
+        input.len()
+    );
+    Ok(Dataset {
+        name: "windows",
+        topic,
+        input,
+        value_bytes: 0,
+    })
+}
+
 /// Builds the Kafka Streams contender; returns its class path.
 fn build_kstreams() -> anyhow::Result<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kstreams");
@@ -754,6 +894,7 @@ fn build_kstreams() -> anyhow::Result<String> {
     ))
 }
 
+#[derive(Clone, Copy)]
 struct Launcher<'a> {
     kafka: &'a Kafka,
     broker_pids: &'a [u32],
@@ -762,6 +903,8 @@ struct Launcher<'a> {
     partitions: i32,
     contender: Contender,
     interval: u64,
+    /// The windows contenders' window size and grace, ms.
+    window: (i64, i64),
 }
 
 impl Launcher<'_> {
@@ -799,11 +942,12 @@ impl Launcher<'_> {
             | Contender::WeirEosInline
             | Contender::WeirEosX
             | Contender::WeirAlo
-            | Contender::WeirTotals => {
-                let example = if self.contender == Contender::WeirTotals {
-                    "totals"
-                } else {
-                    "mirror"
+            | Contender::WeirTotals
+            | Contender::WeirWindows => {
+                let example = match self.contender {
+                    Contender::WeirTotals => "totals",
+                    Contender::WeirWindows => "windows",
+                    _ => "mirror",
                 };
                 // WEIR_BENCH_X_BIN: weir-eos-x runs this mirror binary instead (e.g. a copy
                 // built from an earlier commit), to measure a code change in the same rounds.
@@ -828,6 +972,10 @@ impl Launcher<'_> {
                 if self.contender == Contender::WeirEosInline {
                     c.args(["--set", "commit.overlap=false"]);
                 }
+                if self.contender == Contender::WeirWindows {
+                    c.args(["--window-ms", &self.window.0.to_string()])
+                        .args(["--grace-ms", &self.window.1.to_string()]);
+                }
                 if self.contender == Contender::WeirEosX {
                     set_from_env(&mut c, "WEIR_BENCH_X_SET");
                 }
@@ -838,17 +986,17 @@ impl Launcher<'_> {
                 set_from_env(&mut c, "WEIR_BENCH_SET");
                 c
             }
-            Contender::KstreamsEos | Contender::KstreamsTotals => {
+            Contender::KstreamsEos | Contender::KstreamsTotals | Contender::KstreamsWindows => {
                 let mut c = Command::new("java");
                 c.args([
                     "-cp",
                     self.kstreams.unwrap_or_default(),
                     "weir.bench.KStreamsBench",
                 ])
-                .arg(if self.contender.totals() {
-                    "totals"
-                } else {
-                    "mirror"
+                .arg(match self.contender {
+                    Contender::KstreamsTotals => "totals",
+                    Contender::KstreamsWindows => "windows",
+                    _ => "mirror",
                 })
                 .args([
                     bootstrap,
@@ -859,6 +1007,9 @@ impl Launcher<'_> {
                     &self.threads.to_string(),
                 ])
                 .arg(state);
+                if self.contender == Contender::KstreamsWindows {
+                    c.args([self.window.0.to_string(), self.window.1.to_string()]);
+                }
                 c
             }
         };
@@ -900,13 +1051,22 @@ impl Launcher<'_> {
         });
         let state = std::env::temp_dir().join(unique("weir-bench-state"));
         let n = ds.input.len();
+        // The outputs to wait for: one per input, or one per window that closes.
+        let expected = if self.contender.windows() {
+            expected_windows(&ds.input, self.window.0, self.window.1)
+                .0
+                .len()
+        } else {
+            n
+        };
         // weir serves its metrics, to tell where its loop waited.
         let metrics = self.contender.weir().then(free_address);
         let reader = Reader::start(
             self.kafka.bootstrap_servers(),
             &output,
             self.partitions,
-            Some(n),
+            Some(expected),
+            Latency::Timestamp,
         );
         let broker_before = self.broker_cpu();
         let host_before = HostSnapshot::take(self.broker_pids);
@@ -934,7 +1094,7 @@ impl Launcher<'_> {
         };
         let Some(seen) = seen else {
             run.problem = Some(format!(
-                "the output did not reach {n} records (exit: {status}; the contender's \
+                "the output did not reach {expected} records (exit: {status}; the contender's \
                  output is above)"
             ));
             return Ok(run);
@@ -948,6 +1108,8 @@ impl Launcher<'_> {
         let out = self.kafka.read_to_end(&output, Isolation::ReadCommitted);
         let report = if self.contender.totals() {
             verify_totals(&ds.input, &out)
+        } else if self.contender.windows() {
+            verify_windows(&ds.input, &out, self.window.0, self.window.1)
         } else {
             verify_copy(&ds.input, &out)
         };
@@ -1006,6 +1168,7 @@ impl Launcher<'_> {
             &output,
             self.partitions,
             Some(total),
+            Latency::Timestamp,
         );
         let mut child = ChildProcess::spawn(
             self.contender.name(),
@@ -1042,12 +1205,173 @@ impl Launcher<'_> {
         let Some(seen) = seen else {
             bail!("not every latency record came out within 120 s");
         };
-        let mut lat: Vec<f64> = seen.latencies_ms[warmup.min(seen.latencies_ms.len())..].to_vec();
+        let lat: Vec<f64> = seen.latencies_ms[warmup.min(seen.latencies_ms.len())..].to_vec();
         anyhow::ensure!(!lat.is_empty(), "no latency samples");
-        lat.sort_by(f64::total_cmp);
-        let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
-        Ok((q(0.50), q(0.99)))
+        Ok(p50_p99(lat))
     }
+
+    /// Window-close latency, p50 and p99 in ms: records stamped with their send time at `rate`
+    /// per second for `secs`, tumbling windows of `window_ms` without grace, so that a window
+    /// can close as soon as a record past its end arrives (within a ms at these rates); each
+    /// result's latency is `time seen committed − window end`. Windows that closed during the
+    /// start-up, and those the closing records close at the end, are left out. The output is
+    /// verified exactly-once against the input. For weir, also the live rows of its stores at
+    /// each tenth of the run (see [`live_rows`]).
+    fn window_latency(
+        &self,
+        rate: u64,
+        secs: u64,
+        window_ms: i64,
+    ) -> anyhow::Result<(f64, f64, Option<Vec<usize>>)> {
+        let this = Launcher {
+            window: (window_ms, 0),
+            ..*self
+        };
+        let (app, input, output) = (
+            unique(&format!("bench-lat-{}", self.contender.name())),
+            unique("bench-lat-in"),
+            unique("bench-lat-out"),
+        );
+        self.kafka.create_topic(&input, self.partitions);
+        self.kafka.create_topic(&output, self.partitions);
+        let state = std::env::temp_dir().join(unique("weir-bench-state"));
+        let p = producer(self.kafka.bootstrap_servers())?;
+        let mut i = 0;
+        let mut send = |ts: i64| -> anyhow::Result<()> {
+            let (k, v) = value_for(0, i, 1_000);
+            i += 1;
+            p.send(BaseRecord::to(&input).key(&k).payload(&v).timestamp(ts))
+                .map_err(|(e, _)| e)?;
+            Ok(())
+        };
+        let reader = Reader::start(
+            self.kafka.bootstrap_servers(),
+            &output,
+            self.partitions,
+            None,
+            Latency::WindowClose,
+        );
+        let mut child = ChildProcess::spawn(
+            self.contender.name(),
+            this.command(&app, &input, &output, &state, None),
+        );
+        // Produces at `rate` until `until` says stop.
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut pace = |send: &mut dyn FnMut(i64) -> anyhow::Result<()>,
+                        until: &mut dyn FnMut() -> bool|
+         -> anyhow::Result<()> {
+            while !until() {
+                sent += 1;
+                let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                send(now_ms() as i64)?;
+            }
+            Ok(())
+        };
+        // Warm-up: until the first window result is seen (the contender is up and has its
+        // partitions).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        pace(&mut send, &mut || {
+            reader.count() > 0 || Instant::now() > deadline || !child.is_running()
+        })?;
+        anyhow::ensure!(
+            reader.count() > 0,
+            "no window result within 120 s of the start"
+        );
+        let measure_from = now_ms();
+        let stop_at = Instant::now() + Duration::from_secs(secs);
+        pace(&mut send, &mut || Instant::now() >= stop_at)?;
+        let last_ms = now_ms() as i64;
+        // Close every window: one record per partition a window and a second ahead.
+        let closer_ts = last_ms + window_ms + 1_000;
+        for partition in 0..self.partitions {
+            let key = format!("closer-{partition}");
+            p.send(
+                BaseRecord::to(&input)
+                    .partition(partition)
+                    .key(&key)
+                    .payload("0")
+                    .timestamp(closer_ts),
+            )
+            .map_err(|(e, _)| e)?;
+        }
+        p.flush(Duration::from_secs(30))?;
+        let sent_input = self.kafka.read_to_end(&input, Isolation::ReadCommitted);
+        reader.expect(expected_windows(&sent_input, window_ms, 0).0.len());
+        let seen = reader.wait(Duration::from_secs(120), || child.is_running());
+        let status = child.terminate(Duration::from_secs(60));
+        let _ = std::fs::remove_dir_all(&state);
+        let Some(seen) = seen else {
+            bail!("not every window result came out within 120 s (exit: {status})");
+        };
+        let out = self.kafka.read_to_end(&output, Isolation::ReadCommitted);
+        let report = verify_windows(&sent_input, &out, window_ms, 0);
+        anyhow::ensure!(
+            report.is_exactly_once(),
+            "the latency run's windows are not exactly-once: {}",
+            report.to_string().lines().next().unwrap_or_default()
+        );
+        let lat: Vec<f64> = seen
+            .latencies_ms
+            .iter()
+            .zip(&seen.window_ends)
+            .filter(|(_, &end)| end >= measure_from as i64 + window_ms && end <= last_ms)
+            .map(|(l, _)| *l)
+            .collect();
+        let rows = self.contender.weir().then(|| {
+            let changelogs = [
+                format!("{app}-windows-changelog"),
+                format!("{app}-{}-changelog", weir::time::TIMER_STORE),
+            ];
+            let span = last_ms as u64 - measure_from;
+            let at: Vec<u64> = (1..=10).map(|k| measure_from + span * k / 10).collect();
+            live_rows(self.kafka, &changelogs, &at)
+        });
+        let _ = self
+            .kafka
+            .admin()
+            .delete_topics(&[input.as_str(), output.as_str()]);
+        anyhow::ensure!(!lat.is_empty(), "no latency samples");
+        let (p50, p99) = p50_p99(lat);
+        Ok((p50, p99, rows))
+    }
+}
+
+/// Live rows of a weir application's stores over time, replayed from their changelogs: at each
+/// of `at` (wall-clock ms), the number of (partition, key) whose last change by then was a put.
+fn live_rows(kafka: &Kafka, changelogs: &[String], at: &[u64]) -> Vec<usize> {
+    let mut changes: Vec<(i64, i32, Vec<u8>, bool)> = Vec::new();
+    for (i, topic) in changelogs.iter().enumerate() {
+        for r in kafka.read_to_end(topic, Isolation::ReadCommitted) {
+            // Keys of different stores never meet: tag them with the store.
+            let mut key = vec![i as u8];
+            key.extend(r.key.unwrap_or_default());
+            changes.push((
+                r.timestamp.unwrap_or_default(),
+                r.partition,
+                key,
+                r.value.is_some(),
+            ));
+        }
+    }
+    changes.sort_by_key(|c| c.0);
+    let mut live = std::collections::HashSet::new();
+    let mut changes = changes.into_iter().peekable();
+    at.iter()
+        .map(|&t| {
+            while let Some((_, partition, key, put)) = changes.next_if(|c| c.0 <= t as i64) {
+                if put {
+                    live.insert((partition, key));
+                } else {
+                    live.remove(&(partition, key));
+                }
+            }
+            live.len()
+        })
+        .collect()
 }
 
 /// What the output reader saw.
@@ -1057,17 +1381,37 @@ struct Seen {
     /// Wall-clock time the last output was seen.
     last_ms: u64,
     latencies_ms: Vec<f64>,
+    /// With [`Latency::WindowClose`]: the window end of each latency, in the same order.
+    window_ends: Vec<i64>,
+}
+
+/// What the reader's latencies measure from.
+#[derive(Clone, Copy)]
+enum Latency {
+    /// The output's timestamp (CreateTime: the input's send time, carried through).
+    Timestamp,
+    /// The window end in the output's JSON value (`"end"`): the moment the window could close
+    /// (no grace).
+    WindowClose,
 }
 
 /// A read_committed reader of an output topic, on its own thread, from the beginning.
 struct Reader {
     stop: Arc<AtomicBool>,
     count: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many outputs to wait for (`usize::MAX`: not known yet; see [`Reader::expect`]).
+    target: Arc<std::sync::atomic::AtomicUsize>,
     handle: std::thread::JoinHandle<Option<Seen>>,
 }
 
 impl Reader {
-    fn start(bootstrap: &str, topic: &str, partitions: i32, target: Option<usize>) -> Self {
+    fn start(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        target: Option<usize>,
+        latency: Latency,
+    ) -> Self {
         let consumer: BaseConsumer = base_config(bootstrap)
             .set("group.id", unique("bench-reader"))
             .set("isolation.level", "read_committed")
@@ -1088,44 +1432,70 @@ impl Reader {
         consumer.assign(&tpl).expect("assign");
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, c) = (Arc::clone(&stop), Arc::clone(&count));
+        let target = Arc::new(std::sync::atomic::AtomicUsize::new(
+            target.unwrap_or(usize::MAX),
+        ));
+        let (s, c, goal) = (Arc::clone(&stop), Arc::clone(&count), Arc::clone(&target));
         let handle = std::thread::spawn(move || {
             let mut first_append_ms: Option<u64> = None;
             let mut latencies = Vec::new();
+            let mut window_ends = Vec::new();
             let mut n = 0usize;
+            let mut last_ms = 0;
             while !s.load(Ordering::Relaxed) {
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    if n >= goal.load(Ordering::Relaxed) {
+                        break;
+                    }
                     continue;
                 };
                 let now = now_ms();
+                last_ms = now;
                 n += 1;
                 c.store(n, Ordering::Relaxed);
-                match m.timestamp() {
-                    Timestamp::LogAppendTime(ts) => {
+                match (m.timestamp(), latency) {
+                    (Timestamp::LogAppendTime(ts), _) => {
                         let ts = ts.max(0) as u64;
                         first_append_ms = Some(first_append_ms.map_or(ts, |f| f.min(ts)));
                     }
-                    t => {
+                    (t, Latency::Timestamp) => {
                         if let Some(ts) = t.to_millis() {
                             latencies.push(now as f64 - ts as f64);
                         }
                     }
+                    (_, Latency::WindowClose) => {
+                        let end = m
+                            .payload()
+                            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                            .and_then(|v| v.get("end")?.as_i64());
+                        if let Some(end) = end {
+                            latencies.push(now as f64 - end as f64);
+                            window_ends.push(end);
+                        }
+                    }
                 }
-                if target.is_some_and(|t| n >= t) {
-                    return Some(Seen {
-                        first_append_ms,
-                        last_ms: now,
-                        latencies_ms: latencies,
-                    });
+                if n >= goal.load(Ordering::Relaxed) {
+                    break;
                 }
             }
-            None
+            (n >= goal.load(Ordering::Relaxed)).then(|| Seen {
+                first_append_ms,
+                last_ms,
+                latencies_ms: latencies,
+                window_ends,
+            })
         });
         Self {
             stop,
             count,
+            target,
             handle,
         }
+    }
+
+    /// Sets how many outputs to wait for (when it was not known at the start).
+    fn expect(&self, n: usize) {
+        self.target.store(n, Ordering::Relaxed);
     }
 
     fn count(&self) -> usize {
@@ -1148,6 +1518,13 @@ impl Reader {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().ok().flatten()
     }
+}
+
+/// The median and the 99th percentile.
+fn p50_p99(mut lat: Vec<f64>) -> (f64, f64) {
+    lat.sort_by(f64::total_cmp);
+    let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
+    (q(0.50), q(0.99))
 }
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a live process, from /proc.
@@ -1211,6 +1588,7 @@ fn median(runs: &[Run]) -> Run {
         peak_rss_mib: med(&|r| Some(r.peak_rss_mib)).unwrap_or(f64::NAN),
         latency_p50_ms: med(&|r| r.latency_p50_ms),
         latency_p99_ms: med(&|r| r.latency_p99_ms),
+        state_rows: None,
         exactly_once: !valid.is_empty() && valid.len() == runs.len(),
         problem: (valid.len() != runs.len()).then(|| {
             format!(
@@ -1261,16 +1639,31 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, Ratio> {
         pairs.push((Contender::WeirEos, Contender::KstreamsEos, ds));
     }
     pairs.push((Contender::WeirTotals, Contender::KstreamsTotals, "totals"));
+    pairs.push((
+        Contender::WeirWindows,
+        Contender::KstreamsWindows,
+        "windows",
+    ));
     let mut out = BTreeMap::new();
     for (a, b, ds) in pairs {
         if let (Some(a_row), Some(b_row)) = (get(a, ds), get(b, ds)) {
-            let name = if ds == "totals" {
+            let name = if ds == "totals" || ds == "windows" {
                 format!("{}/{}", a.name(), b.name())
             } else {
                 format!("{}/{} {ds}", a.name(), b.name())
             };
             out.insert(name, throughput(a_row, b_row));
         }
+    }
+    if let Some(p99) = get(Contender::WeirWindows, "windows").and_then(|w| w.median.latency_p99_ms)
+    {
+        out.insert(
+            "weir-windows close p99 / commit interval".into(),
+            Ratio {
+                median: p99 / interval as f64,
+                per_round: Vec::new(),
+            },
+        );
     }
     if let Some(p99) = get(Contender::WeirEos, "100B").and_then(|w| w.median.latency_p99_ms) {
         out.insert(

@@ -459,6 +459,19 @@ fn an_operator_blocking_past_the_transaction_timeout_or_the_poll_interval_stays_
             summary.aborts >= 1,
             "{what}: the blocked transaction was not aborted: {summary:?}"
         );
+        // And by the path the doc comment above gives, not another one.
+        if what == "transaction.timeout.ms" {
+            assert!(
+                summary.producer_replacements >= 1 && summary.assignments_lost == 0,
+                "{what}: expected the producer replaced (its transaction timed out), with the \
+                 assignment kept: {summary:?}"
+            );
+        } else {
+            assert!(
+                summary.assignments_lost >= 1,
+                "{what}: expected the assignment lost (the poll interval passed): {summary:?}"
+            );
+        }
         eprintln!("blocked past {what}: {summary:?}");
     }
 }

@@ -228,9 +228,19 @@ fn a_crash_inside_an_overlapped_commit_loses_and_repeats_nothing() {
         );
         let mut crashing = start_mirror(kafka, &app, &input, &output, &state, 0, Some(failpoint));
         let status = crashing.wait(Duration::from_secs(90));
+        // The failpoint's own words, and the abort(3) it announces: not any other crash.
+        let name = failpoint.split(':').next().expect("a name");
+        let log_path = state.with_extension("run0.log");
+        let log = std::fs::read_to_string(&log_path)
+            .unwrap_or_else(|e| format!("({}: {e})", log_path.display()));
         assert!(
-            !status.success(),
-            "{failpoint}: the mirror should have crashed at the failpoint, exited with {status}"
+            log.contains(&format!("weir: failpoint {name} reached: crashing now")),
+            "{failpoint}: the mirror ended ({status}) without reaching its failpoint:\n{log}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "{failpoint}: the failpoint did not crash the mirror ({status})"
         );
         producer.join().expect("producer thread");
         assert!(

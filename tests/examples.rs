@@ -243,7 +243,9 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
         ChildProcess::spawn("mirror", cmd)
     };
     // A kill lands mid-work when the output holds copies whose input offsets are not yet
-    // committed: those are the copies a restart repeats.
+    // committed: those are the copies a restart repeats. The repeats stay in the output, so
+    // after a restart the gap starts at what it was at the kill: the new incarnation is
+    // mid-work once the gap is larger than that.
     let uncommitted_copies = || {
         let copied: i64 = kafka
             .end_offsets(&output, Isolation::ReadUncommitted)
@@ -259,13 +261,19 @@ fn at_least_once_mirror_loses_nothing_across_sigkills() {
     let mut mirror = start();
     let mut ahead_at_kills = Vec::new();
     for _ in 0..3 {
+        let repeated_before = ahead_at_kills.last().copied().unwrap_or(0);
         wait_for(
-            "copies ahead of the committed offsets",
+            "copies of this incarnation ahead of the committed offsets",
             Duration::from_secs(60),
-            || uncommitted_copies() > 0,
+            || uncommitted_copies() > repeated_before,
         );
         mirror.kill();
-        ahead_at_kills.push(uncommitted_copies());
+        let ahead = uncommitted_copies();
+        assert!(
+            ahead > repeated_before,
+            "the kill did not land mid-work: {ahead} uncommitted copies, {repeated_before} of them repeats from before"
+        );
+        ahead_at_kills.push(ahead);
         mirror = start();
     }
     feeder.join().expect("feeder");

@@ -128,16 +128,13 @@ fn tls_and_scram_listeners_carry_every_client_and_wrong_credentials_fail_at_star
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("cannot reach the Kafka cluster") || stderr.contains("uthentication"),
-        "{stderr}"
-    );
-    assert!(
         stderr.contains("SASL authentication error") || stderr.contains("Authentication failed"),
         "says authentication failed: {stderr}"
     );
+    // The start-up check gives the cluster 10 s; the rest is the process starting.
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
+        started.elapsed() < Duration::from_secs(20),
+        "the refusal took {:?} (the start-up check waits 10 s)",
         started.elapsed()
     );
     eprintln!(
@@ -150,6 +147,7 @@ fn tls_and_scram_listeners_carry_every_client_and_wrong_credentials_fail_at_star
     );
     // TLS without the CA: the broker's certificate is not trusted.
     let (bootstrap, _) = tls(&secured);
+    let started = Instant::now();
     let out = totals(
         &bootstrap,
         &unique("untrusted"),
@@ -161,6 +159,11 @@ fn tls_and_scram_listeners_carry_every_client_and_wrong_credentials_fail_at_star
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the refusal took {:?} (the start-up check waits 10 s)",
+        started.elapsed()
+    );
     eprintln!(
         "untrusted certificate: {}",
         stderr

@@ -234,8 +234,36 @@ fn state_is_restored_from_the_changelog_when_the_directory_is_lost_or_the_task_m
     t.wait_done(&t.ends());
     assert!(totals.terminate(Duration::from_secs(30)).success());
 
-    // Run 3: directory A is deleted; the instance starts from nothing (restore again).
+    // Run 3: directory A is deleted; the instance starts from nothing (restore again). First
+    // with no new input: each restore ends at the changelog's end, past the commit marker that
+    // closes it (a restore that stopped one short, at the marker, would read it again at the
+    // next start).
     std::fs::remove_dir_all(&first).unwrap();
+    let totals = t.start(&first, None);
+    wait_for(
+        "the three restores to finish",
+        Duration::from_secs(60),
+        || t.last_log().matches("restore finished").count() == 3,
+    );
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+    let changelog = format!("{}-totals-changelog", t.app);
+    let ends = kafka.end_offsets(&changelog, Isolation::ReadUncommitted);
+    let (state, _) =
+        weir_state::StateManager::open(&first.join(&t.app).join("rocksdb"), Vec::new())
+            .expect("opening the restored state");
+    for (task, end) in &ends {
+        let stored = state
+            .meta(*task)
+            .expect("meta")
+            .expect("a restored task")
+            .changelog;
+        assert_eq!(
+            stored.get("totals"),
+            Some(end),
+            "task {task}: the restore stored changelog position {stored:?}, the changelog ends at {end}"
+        );
+    }
+    drop(state);
     kafka.produce(&t.input, records[8_000..].to_vec());
     let totals = t.start(&first, None);
     t.wait_done(&t.ends());
@@ -443,6 +471,10 @@ fn a_restore_interrupted_by_sigkill_or_sigterm_resumes_where_it_stopped_and_stat
     assert!(
         status.success(),
         "SIGTERM during a restore: {status}\n{termed}"
+    );
+    assert!(
+        !unfinished_restores(&termed).is_empty(),
+        "the SIGTERM came after every restore had finished: nothing tested\n{termed}"
     );
     let resumed = restore_starts(&termed);
     for (task, position) in &reached {

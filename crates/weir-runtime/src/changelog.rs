@@ -70,7 +70,8 @@ pub(crate) fn ensure_changelogs(
 /// Restores `store` of `task` from its changelog partition, from `from` (or the beginning,
 /// after wiping the local copy) to the last stable offset, in batches. Each batch records the
 /// changelog position it reached with it (`StateManager::restore_batch`), so an interrupted
-/// restore resumes there. Returns the next changelog offset. Blocking.
+/// restore resumes there. Returns the next changelog offset: the high watermark, or the last
+/// stable offset if another producer's transaction is still open there. Blocking.
 pub(crate) fn restore(
     config: &Config,
     state: &StateManager,
@@ -140,7 +141,21 @@ pub(crate) fn restore(
     while progress.position < end && !eof {
         match consumer.poll(Duration::from_millis(500)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => eof = true,
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                // The end for a read_committed reader: the last stable offset. The consumer's
+                // position is past the trailing transaction marker (which the loop never
+                // sees, so `position` alone stays one short of the high watermark); below
+                // the high watermark only if another producer's transaction is still open
+                // there, and then the next restore must read from here, not from `end`.
+                eof = true;
+                let after = consumer.position().ok().and_then(|tpl| {
+                    tpl.find_partition(&topic, task)
+                        .and_then(|p| p.offset().to_raw())
+                });
+                if let Some(after) = after.filter(|&o| o >= 0) {
+                    progress.position = progress.position.max(after);
+                }
+            }
             Some(Err(e)) => return Err(kafka("reading", e)),
             Some(Ok(m)) => {
                 progress.position = m.offset() + 1;
@@ -167,11 +182,20 @@ pub(crate) fn restore(
             last_log = Instant::now();
         }
     }
-    progress.position = end;
+    if progress.position < end {
+        tracing::info!(
+            topic,
+            task,
+            stable = progress.position,
+            end,
+            "restore stopped at the last stable offset: a transaction of another producer is \
+             still open in the changelog; the next restore reads on from there"
+        );
+    }
     progress.finished = true;
     report(&progress);
     let restored = progress.restored;
     metrics::counter!("weir_restored_records_total").increment(restored);
     tracing::info!(topic, task, restored, took = ?started.elapsed(), "restore finished");
-    Ok(end)
+    Ok(progress.position)
 }

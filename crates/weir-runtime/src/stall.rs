@@ -11,19 +11,29 @@
 //! stay open longer) and two commit intervals:
 //!
 //! - **stalled** when nothing has committed for longer than `threshold` and processed records
-//!   wait for a commit, or an assigned partition's log ends past the committed offset (input
-//!   waits, as librdkafka's statistics last saw it, every 5 s), or errors (transient Kafka
-//!   errors, aborts, producer replacements) came within the last `threshold`. The input
-//!   matters: with its leaders down an instance polls nothing and librdkafka soon stops
-//!   repeating the same connection error, yet its partitions are not moving;
-//! - **resumed** at the next commit, or once nothing waits (neither processed records nor
-//!   input) and no error has come for `threshold` (the partitions moved elsewhere);
+//!   wait for a commit, or work an abort dropped is still owed (below), or an assigned
+//!   partition's log ends past the committed offset (input waits, as librdkafka's statistics
+//!   last saw it, every 5 s), or errors (transient Kafka errors, aborts, producer
+//!   replacements) came within the last `threshold`. The input matters: with its leaders down
+//!   an instance polls nothing and librdkafka soon stops repeating the same connection error,
+//!   yet its partitions are not moving;
+//! - work dropped by an abort or a producer replacement is **owed** by the partitions it came
+//!   from until a commit, or until they are no longer assigned: the records are read and
+//!   processed again, but while the cluster is down that cannot happen, and an instance that
+//!   has dropped its work is not idle (it was seen to report "resumed" mid-outage when
+//!   dropped work counted as nothing);
+//! - **resumed** at the next commit, or once nothing waits (neither processed records, nor
+//!   owed work, nor input) and no error has come for `threshold` (the partitions moved
+//!   elsewhere);
 //! - an idle, healthy instance (nothing waiting, no recent error) is never stalled, however
 //!   long since its last commit.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use weir_core::TopicPartition;
 
 use crate::telemetry;
 
@@ -50,6 +60,8 @@ struct Inner {
     errors: u64,
     /// Since when it is stalled (reported).
     stalled_since: Option<Instant>,
+    /// Partitions whose processed work an abort dropped, not committed since.
+    owed: BTreeSet<TopicPartition>,
 }
 
 /// See the module documentation.
@@ -74,6 +86,7 @@ impl StallWatch {
                 last_error: None,
                 errors: 0,
                 stalled_since: None,
+                owed: BTreeSet::new(),
             }),
         }
     }
@@ -100,6 +113,7 @@ impl StallWatch {
         let mut inner = self.inner();
         inner.progress = now;
         inner.errors = 0;
+        inner.owed.clear();
         inner.stalled_since.take().map(|since| Transition::Resumed {
             after: now.saturating_duration_since(since),
             committed: true,
@@ -115,10 +129,24 @@ impl StallWatch {
     }
 
     /// The uncommitted work was dropped (an abort, a replacement): it is read again, and
-    /// counts as waiting once processed again.
-    pub(crate) fn dropped(&self, now: Instant) {
+    /// counts as waiting once processed again; until a commit it is owed by `partitions`, the
+    /// partitions it came from.
+    pub(crate) fn dropped(
+        &self,
+        now: Instant,
+        partitions: impl IntoIterator<Item = TopicPartition>,
+    ) {
         self.waiting.store(0, Ordering::Relaxed);
+        self.inner().owed.extend(partitions);
         self.trouble(now);
+    }
+
+    /// `partitions` are no longer assigned: whatever they owed is another instance's now.
+    pub(crate) fn released(&self, partitions: &[TopicPartition]) {
+        let mut inner = self.inner();
+        for p in partitions {
+            inner.owed.remove(p);
+        }
     }
 
     /// The once-a-second check.
@@ -129,7 +157,7 @@ impl StallWatch {
         let erring = inner
             .last_error
             .is_some_and(|t| now.saturating_duration_since(t) < self.threshold);
-        if waiting == 0 && !behind && !erring {
+        if waiting == 0 && !behind && !erring && inner.owed.is_empty() {
             // Idle and healthy: as good as a commit for the clock.
             inner.progress = now;
             return inner.stalled_since.take().map(|since| Transition::Resumed {
@@ -278,12 +306,55 @@ mod tests {
     }
 
     #[test]
+    fn dropped_work_is_owed_until_a_commit_or_its_partitions_go() {
+        let t0 = Instant::now();
+        let w = StallWatch::new(T);
+        w.committed(t0);
+        w.processed(10);
+        let (a, b) = (TopicPartition::new("in", 0), TopicPartition::new("in", 1));
+        w.dropped(t0 + s(1), [a.clone(), b.clone()]);
+        assert!(matches!(
+            w.check(t0 + s(12)),
+            Some(Transition::Stalled { .. })
+        ));
+        // Long after the last error, nothing processed again (the cluster is down): still
+        // stalled, not "resumed".
+        for n in 13..=60 {
+            assert_eq!(w.check(t0 + s(n)), None, "at {n} s");
+        }
+        w.released(std::slice::from_ref(&a));
+        assert_eq!(w.check(t0 + s(61)), None, "partition 1 still owes its work");
+        w.released(std::slice::from_ref(&b));
+        assert_eq!(
+            w.check(t0 + s(62)),
+            Some(Transition::Resumed {
+                after: s(50),
+                committed: false
+            }),
+            "both partitions went elsewhere"
+        );
+        // Owed work ends with a commit too.
+        w.dropped(t0 + s(63), [a]);
+        assert!(matches!(
+            w.check(t0 + s(80)),
+            Some(Transition::Stalled { .. })
+        ));
+        assert!(matches!(
+            w.committed(t0 + s(81)),
+            Some(Transition::Resumed {
+                committed: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn dropped_work_stops_counting_as_waiting_but_counts_as_an_error() {
         let t0 = Instant::now();
         let w = StallWatch::new(T);
         w.committed(t0);
         w.processed(10);
-        w.dropped(t0 + s(1));
+        w.dropped(t0 + s(1), []);
         assert_eq!(w.waiting.load(Ordering::Relaxed), 0);
         let at = t0 + Duration::from_millis(10_500);
         assert_eq!(

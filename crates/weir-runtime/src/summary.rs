@@ -14,6 +14,12 @@ pub struct RunSummary {
     pub commits: u64,
     /// Aborted transactions (or, in at_least_once, rewinds).
     pub aborts: u64,
+    /// Of those, producers replaced after a fatal producer error (e.g. a transaction the
+    /// coordinator aborted after `transaction.timeout.ms`).
+    pub producer_replacements: u64,
+    /// Times the group took partitions away without a revoke (`max.poll.interval.ms` or the
+    /// session timeout passed): their open transaction aborted.
+    pub assignments_lost: u64,
     /// Poison records skipped.
     pub skipped: u64,
     /// Poison records sent to the dead-letter topic.

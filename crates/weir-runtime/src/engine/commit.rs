@@ -570,7 +570,7 @@ impl Engine {
             }
         }
         telemetry::aborted(during, cause);
-        self.stall.dropped(Instant::now());
+        self.stall.dropped(Instant::now(), self.owed_partitions());
         self.totals.aborts += 1;
         self.abort_open().await?;
         self.positions.clear();

@@ -128,11 +128,12 @@ impl Engine {
             1 => Duration::ZERO,
             n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_BACKOFF),
         };
-        self.stall.dropped(now);
+        self.stall.dropped(now, self.owed_partitions());
         tracing::warn!(error = %cause, transactional_id = %self.transactional_id,
             "the producer failed; replacing it and resuming every task from the committed offsets");
         telemetry::aborted("replacing the producer", &cause.to_string());
         self.totals.aborts += 1;
+        self.totals.producer_replacements += 1;
         // Drop the uncommitted work (the same as an abort, without the failed producer); the
         // failure stopped the engine already, unless it came from outside a transactional call.
         self.halt().await;

@@ -278,6 +278,16 @@ impl Engine {
         self.stall.trouble(Instant::now());
     }
 
+    /// The partitions with processed, uncommitted work (their position past the committed
+    /// offset): what an abort now would leave them owing (see `stall.rs`).
+    pub(super) fn owed_partitions(&self) -> Vec<TopicPartition> {
+        self.positions
+            .iter()
+            .filter(|(tp, p)| self.resume_at.get(*tp).is_none_or(|c| *p > c))
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
     /// An error a rebalance callback parked, if any.
     pub(crate) fn take_failure(&mut self) -> Option<RuntimeError> {
         self.failure.take()
@@ -641,6 +651,7 @@ impl Engine {
             for p in &partitions {
                 self.assigned.remove(p);
             }
+            self.totals.assignments_lost += 1;
             self.abort_and_rewind("partitions lost", "assignment lost")
                 .await
         } else {
@@ -654,6 +665,7 @@ impl Engine {
             // owns must never be committed by it.
             self.positions.remove(p);
         }
+        self.stall.released(&partitions);
         self.publish_committed();
         result
     }
