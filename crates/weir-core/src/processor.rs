@@ -292,6 +292,8 @@ pub struct Context<'a> {
     stream_time: Option<i64>,
     timers: bool,
     task: Option<i32>,
+    /// The earliest due time of a timer scheduled through this context.
+    earliest_scheduled: Option<i64>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -319,6 +321,7 @@ impl<'a> Context<'a> {
             stream_time: None,
             timers: false,
             task: None,
+            earliest_scheduled: None,
         }
     }
 
@@ -381,7 +384,13 @@ impl<'a> Context<'a> {
             .state
             .as_deref_mut()
             .ok_or_else(|| ProcessError::Fatal(Box::new(StateError::NoTask)))?;
-        Ok(Timers::new(access))
+        Ok(Timers::new(access, &mut self.earliest_scheduled))
+    }
+
+    /// The earliest due time of the timers scheduled through this context, if any (for the
+    /// runtime: where its next look for due timers must start).
+    pub fn earliest_scheduled(&self) -> Option<i64> {
+        self.earliest_scheduled
     }
 
     /// Gives the context the state of the task being processed.

@@ -119,6 +119,9 @@ const SCHEDULED: &[u8] = b"1";
 /// [`Context::timers`](crate::Context::timers).
 pub struct Timers<'c> {
     access: &'c mut dyn StateAccess,
+    /// The earliest due time scheduled through this handle's context (see
+    /// [`Context::earliest_scheduled`](crate::Context::earliest_scheduled)).
+    earliest: &'c mut Option<i64>,
 }
 
 impl std::fmt::Debug for Timers<'_> {
@@ -132,8 +135,8 @@ fn fatal(e: StateError) -> ProcessError {
 }
 
 impl<'c> Timers<'c> {
-    pub(crate) fn new(access: &'c mut dyn StateAccess) -> Self {
-        Self { access }
+    pub(crate) fn new(access: &'c mut dyn StateAccess, earliest: &'c mut Option<i64>) -> Self {
+        Self { access, earliest }
     }
 
     /// Schedules a timer for `key` at `due_ms` (uncommitted until the transaction commits, like
@@ -150,6 +153,7 @@ impl<'c> Timers<'c> {
             due_ms,
             key: key.as_ref().to_vec(),
         };
+        *self.earliest = Some(self.earliest.map_or(due_ms, |e| e.min(due_ms)));
         self.access
             .put(TIMER_STORE, &timer.encode(), SCHEDULED.to_vec())
             .map_err(fatal)
@@ -209,9 +213,24 @@ pub fn due_timers(
     up_to: i64,
     limit: usize,
 ) -> Result<Vec<Timer>, StateError> {
+    due_timers_from(access, domain, i64::MIN, up_to, limit)
+}
+
+/// [`due_timers`] that are due at or after `from`: the runtime keeps, per task, the time up to
+/// which every due timer has fired, and reads on from there. A fired timer is deleted, and
+/// RocksDB keeps a deletion as a tombstone until a compaction drops it: a scan from the
+/// beginning would step over every timer that ever fired (measured: with a thousand windows
+/// closing a second, the loop's time per commit grew from 0.1 s to 1.2 s within a minute).
+pub fn due_timers_from(
+    access: &mut dyn StateAccess,
+    domain: TimeDomain,
+    from: i64,
+    up_to: i64,
+    limit: usize,
+) -> Result<Vec<Timer>, StateError> {
     let from = Timer {
         domain,
-        due_ms: i64::MIN,
+        due_ms: from,
         key: Vec::new(),
     }
     .encode();

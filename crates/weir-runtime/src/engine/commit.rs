@@ -128,7 +128,15 @@ impl Engine {
             .begin_transaction()
             .map_err(|e| self.fatal("begin_transaction", e))?;
         self.txn_open = true;
-        self.period_started = Instant::now();
+        // A transaction that begins within an interval of the last in-line commit's start
+        // counts its period from there: commits come every `commit.interval.ms`, not every
+        // interval plus the commit's own time (0.118 s apart at 0.1 s before 2026-12-05, which
+        // a window result or any output waited for on top).
+        self.period_started = self
+            .next_period
+            .take()
+            .filter(|s| s.elapsed() < self.config.commit_interval)
+            .unwrap_or_else(Instant::now);
         Ok(())
     }
 
@@ -463,6 +471,7 @@ impl Engine {
         self.consecutive_failures = 0;
         if self.mode.committing().is_none() && !self.txn_open {
             self.period_started = Instant::now();
+            self.next_period = Some(started);
         }
         if let Err(e) = self.processor.on_commit(&info).await {
             let err = RuntimeError::Operator {

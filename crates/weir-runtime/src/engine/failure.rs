@@ -137,6 +137,8 @@ impl Engine {
         // Drop the uncommitted work (the same as an abort, without the failed producer); the
         // failure stopped the engine already, unless it came from outside a transactional call.
         self.halt().await;
+        // The timers that fired in the dropped transaction are there again.
+        self.timer_floor.clear();
         self.outputs.clear();
         self.pending_in = 0;
         self.pending_out = 0;

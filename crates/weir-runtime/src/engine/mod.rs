@@ -65,9 +65,11 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use weir_core::{
     AssignedPartition, Config, Context, Guarantee, Output, PoisonHandling, PoisonRecord,
-    PoisonTally, ProcessError, Processor, Record, TopicPartition,
+    PoisonTally, ProcessError, Processor, Record, TimeDomain, TopicPartition,
 };
 use weir_state::StateManager;
+
+use self::timers::lower_timer_floor;
 
 use crate::changelog::RestoreObserver;
 use crate::producer::{DeliveryState, WeirProducer};
@@ -102,6 +104,9 @@ pub(crate) struct Engine {
     txn_open: bool,
     /// When the current commit interval began.
     period_started: Instant,
+    /// When the last in-line commit started: the next transaction's period starts there if it
+    /// begins within an interval of it (see `begin`).
+    next_period: Option<Instant>,
     positions: BTreeMap<TopicPartition, i64>,
     pending_in: u64,
     pending_out: u64,
@@ -153,6 +158,12 @@ pub(crate) struct Engine {
     resume_time: BTreeMap<TopicPartition, i64>,
     /// When processing-time timers were last looked for.
     timers_checked: Instant,
+    /// Per task and clock: every timer due before this time has fired (in the open
+    /// transaction, or before it), so the next look for due timers starts here instead of
+    /// stepping over the tombstones of every timer that ever fired. Lowered when one is
+    /// scheduled earlier; forgotten on an abort (the fired timers' deletions are undone) and
+    /// with the task.
+    timer_floor: BTreeMap<(i32, TimeDomain), i64>,
     /// Timestamp extractors, by input topic (`App::timestamp_extractor`).
     extractors: BTreeMap<String, weir_core::time::TimestampExtractor>,
 }
@@ -200,6 +211,7 @@ impl Engine {
             health: Health::Healthy,
             txn_open: false,
             period_started: Instant::now(),
+            next_period: None,
             positions: BTreeMap::new(),
             pending_in: 0,
             pending_out: 0,
@@ -222,6 +234,7 @@ impl Engine {
             times: BTreeMap::new(),
             resume_time: BTreeMap::new(),
             timers_checked: Instant::now(),
+            timer_floor: BTreeMap::new(),
             extractors: BTreeMap::new(),
             stall: Arc::new(StallWatch::new(
                 config.transaction_timeout.max(2 * config.commit_interval),
@@ -357,9 +370,13 @@ impl Engine {
                 Some(state) => {
                     let mut access = state.access(task);
                     let mut ctx = ctx.with_state(&mut access);
-                    AssertUnwindSafe(self.processor.process(task_batch, &mut ctx))
+                    let run = AssertUnwindSafe(self.processor.process(task_batch, &mut ctx))
                         .catch_unwind()
-                        .await
+                        .await;
+                    if let Some(due) = ctx.earliest_scheduled() {
+                        lower_timer_floor(&mut self.timer_floor, task, due);
+                    }
+                    run
                 }
                 None => {
                     let mut ctx = ctx;

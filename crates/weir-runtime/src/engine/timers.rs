@@ -20,7 +20,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
-use weir_core::time::{due_timers, remove_timer, TimestampExtractor};
+use std::collections::BTreeMap;
+
+use weir_core::time::{due_timers_from, remove_timer, TimestampExtractor};
 use weir_core::{
     Context, Output, PoisonHandling, PoisonTally, ProcessError, Processor, Record, TimeDomain,
     TopicPartition,
@@ -97,9 +99,11 @@ impl Engine {
         self.resume_time.extend(times);
     }
 
-    /// An abort: back to the committed times.
+    /// An abort: back to the committed times (and the timers that fired in the aborted
+    /// transaction are there again: look for due timers from the beginning).
     pub(super) fn times_rewound(&mut self) {
         self.times.clone_from(&self.resume_time);
+        self.timer_floor.clear();
     }
 
     /// An assignment: the committed time of each partition, from its offset's metadata.
@@ -114,6 +118,8 @@ impl Engine {
     pub(super) fn times_revoked(&mut self, tp: &TopicPartition) {
         self.resume_time.remove(tp);
         self.times.remove(tp);
+        self.timer_floor
+            .retain(|(task, _), _| *task != tp.partition);
     }
 
     /// After `task`'s batch: fires its event-time timers due at its stream time. `Ok(Err(_))`
@@ -140,6 +146,7 @@ impl Engine {
             TimeDomain::EventTime,
             now,
             Some(now),
+            &mut self.timer_floor,
         )
         .await;
         match fired {
@@ -170,8 +177,15 @@ impl Engine {
             let Some(state) = self.state.as_mut() else {
                 return Ok(());
             };
-            let due = due_timers(&mut state.access(task), TimeDomain::ProcessingTime, now, 1)
-                .map_err(|e| RuntimeError::Internal(format!("reading the timers: {e}")))?;
+            let floor = timer_floor(&self.timer_floor, task, TimeDomain::ProcessingTime);
+            let due = due_timers_from(
+                &mut state.access(task),
+                TimeDomain::ProcessingTime,
+                floor,
+                now,
+                1,
+            )
+            .map_err(|e| RuntimeError::Internal(format!("reading the timers: {e}")))?;
             if due.is_empty() {
                 continue;
             }
@@ -192,6 +206,7 @@ impl Engine {
                 TimeDomain::ProcessingTime,
                 now,
                 stream_time,
+                &mut self.timer_floor,
             )
             .await;
             let result = match fired {
@@ -226,9 +241,28 @@ impl Engine {
     }
 }
 
+/// Where the look for `task`'s due timers of `domain` starts (see `Engine::timer_floor`).
+fn timer_floor(floors: &BTreeMap<(i32, TimeDomain), i64>, task: i32, domain: TimeDomain) -> i64 {
+    floors.get(&(task, domain)).copied().unwrap_or(i64::MIN)
+}
+
+/// A timer of `task` was scheduled at `due`: due timers must be looked for from there.
+pub(super) fn lower_timer_floor(
+    floors: &mut BTreeMap<(i32, TimeDomain), i64>,
+    task: i32,
+    due: i64,
+) {
+    for domain in [TimeDomain::EventTime, TimeDomain::ProcessingTime] {
+        if let Some(floor) = floors.get_mut(&(task, domain)) {
+            *floor = (*floor).min(due);
+        }
+    }
+}
+
 /// Fires the timers of `domain` due at `up_to` in `task`, in due-time order, round after round
 /// (a timer `on_timer` schedules that is already due fires too): each is deleted, then
-/// `on_timer` called. Returns how many fired; stops at the operator's first error.
+/// `on_timer` called. Returns how many fired; stops at the operator's first error. Reads from
+/// the task's timer floor, and when every due timer has fired moves it past `up_to`.
 #[allow(clippy::too_many_arguments)]
 async fn fire_due(
     processor: &mut dyn Processor,
@@ -240,13 +274,17 @@ async fn fire_due(
     domain: TimeDomain,
     up_to: i64,
     stream_time: Option<i64>,
+    floors: &mut BTreeMap<(i32, TimeDomain), i64>,
 ) -> Result<u64, ProcessError> {
     let mut access = state.access(task);
     let mut fired = 0;
+    let mut from = timer_floor(floors, task, domain);
+    let mut all_fired = false;
     for _ in 0..MAX_ROUNDS {
-        let due = due_timers(&mut access, domain, up_to, ROUND)
+        let due = due_timers_from(&mut access, domain, from, up_to, ROUND)
             .map_err(|e| ProcessError::Fatal(Box::new(e)))?;
         if due.is_empty() {
+            all_fired = true;
             break;
         }
         for timer in due {
@@ -258,6 +296,12 @@ async fn fire_due(
             let run = AssertUnwindSafe(processor.on_timer(&timer, &mut ctx))
                 .catch_unwind()
                 .await;
+            let scheduled = ctx.earliest_scheduled();
+            drop(ctx);
+            if let Some(due) = scheduled {
+                lower_timer_floor(floors, task, due);
+                from = from.min(due);
+            }
             run.unwrap_or_else(|panic| {
                 Err(ProcessError::fatal(format!(
                     "the operator panicked in on_timer (task {task}, {:?} timer due at {} for key {:?}): {}",
@@ -269,6 +313,9 @@ async fn fire_due(
             })?;
             fired += 1;
         }
+    }
+    if all_fired {
+        floors.insert((task, domain), up_to.saturating_add(1).max(from));
     }
     Ok(fired)
 }
