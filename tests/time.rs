@@ -371,6 +371,87 @@ fn processing_time_timers_fire_on_an_idle_partition_and_event_time_survives_a_re
     );
 }
 
+/// For each record, an event-time timer 20 s of event time *before* it: already due, it fires
+/// after the record's batch, and is emitted.
+struct Overdue;
+
+#[async_trait]
+impl Processor for Overdue {
+    fn stores(&self) -> Vec<StoreSpec> {
+        Vec::new()
+    }
+
+    fn timers(&self) -> bool {
+        true
+    }
+
+    async fn process(
+        &mut self,
+        batch: &[Record],
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ProcessError> {
+        for r in batch {
+            let key = r.key_str().unwrap_or_default().to_string();
+            let ts = r.timestamp_ms.expect("a timestamp");
+            ctx.timers()?
+                .schedule(TimeDomain::EventTime, &key, ts - 20_000)?;
+        }
+        Ok(())
+    }
+
+    async fn on_timer(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let key = timer.key_str().unwrap_or_default().to_string();
+        let task = ctx.task().expect("a task");
+        ctx.emit(
+            Output::new(Some(key.clone()), format!("{key} {}", timer.due_ms)).to_partition(task),
+        );
+        Ok(())
+    }
+}
+
+/// The engine looks for due timers from where it last fired them all (so as not to step over
+/// the deletions of every timer that ever fired); a timer scheduled before that point must
+/// still fire. (Without lowering that point for it, the second timer here never fires.)
+#[test]
+fn a_timer_scheduled_before_the_last_fired_one_still_fires() {
+    let kafka = shared();
+    let (input, output, app) = topics(kafka, "overdue", 1);
+    let running = InProcess::start(
+        config(kafka, &app, &input, &output).build().unwrap(),
+        Overdue,
+    );
+    let outputs = || -> Vec<String> {
+        kafka
+            .read_to_end(&output, Isolation::ReadCommitted)
+            .iter()
+            .map(|r| r.value_text())
+            .collect()
+    };
+    kafka.produce(
+        &input,
+        vec![TestRecord::new(0, "first", "x").at(t0() + 60_000)],
+    );
+    wait_for("the first timer to fire", Duration::from_secs(30), || {
+        outputs().len() == 1
+    });
+    // Stream time is T0 + 60 s and every timer up to it has fired; this one is due at T0 + 21 s.
+    kafka.produce(
+        &input,
+        vec![TestRecord::new(0, "second", "x").at(t0() + 41_000)],
+    );
+    wait_for("the second timer to fire", Duration::from_secs(30), || {
+        outputs().len() == 2
+    });
+    running.stop().expect("a clean stop");
+    assert_eq!(
+        outputs(),
+        vec![
+            format!("first {}", t0() + 40_000),
+            format!("second {}", t0() + 21_000)
+        ]
+    );
+}
+
 #[test]
 fn store_names_starting_weir_are_refused() {
     struct Squatter;

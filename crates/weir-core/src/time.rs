@@ -266,7 +266,8 @@ mod tests {
     #[test]
     fn due_timers_come_in_due_order_per_domain_and_only_the_due_ones() {
         let mut map = MemoryState::default();
-        let mut timers = Timers::new(&mut map);
+        let mut earliest = None;
+        let mut timers = Timers::new(&mut map, &mut earliest);
         for (key, due) in [("b", 30), ("a", 10), ("c", -5), ("a", 20), ("z", i64::MAX)] {
             timers.schedule(TimeDomain::EventTime, key, due).unwrap();
         }
@@ -298,6 +299,14 @@ mod tests {
             vec![("c".into(), -5), ("a".into(), 10), ("a".into(), 20)]
         );
         assert_eq!(due(&mut map, i64::MAX).len(), 4);
+        assert_eq!(earliest, Some(-5), "the earliest due time scheduled");
+        // From a floor: only the due timers at or after it.
+        let keys: Vec<i64> = due_timers_from(&mut map, TimeDomain::EventTime, 0, 20, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.due_ms)
+            .collect();
+        assert_eq!(keys, vec![10, 20]);
         assert_eq!(due(&mut map, -6), vec![]);
         let first = due_timers(&mut map, TimeDomain::EventTime, 100, 1).unwrap();
         remove_timer(&mut map, &first[0]).unwrap();
