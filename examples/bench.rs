@@ -1478,7 +1478,7 @@ impl Reader {
                     break;
                 }
             }
-            (n >= goal.load(Ordering::Relaxed)).then(|| Seen {
+            (n >= goal.load(Ordering::Relaxed)).then_some(Seen {
                 first_append_ms,
                 last_ms,
                 latencies_ms: latencies,

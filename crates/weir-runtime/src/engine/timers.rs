@@ -297,7 +297,6 @@ async fn fire_due(
                 .catch_unwind()
                 .await;
             let scheduled = ctx.earliest_scheduled();
-            drop(ctx);
             if let Some(due) = scheduled {
                 lower_timer_floor(floors, task, due);
                 from = from.min(due);
