@@ -774,20 +774,7 @@ fn preload(
     let p = producer(kafka.bootstrap_servers())?;
     for i in 0..n {
         let (k, v) = value_for(bytes, i, args.totals_keys);
-        let mut record = BaseRecord::<String, String>::to(&topic).key(&k).payload(&v);
-        loop {
-            match p.send(record) {
-                Ok(()) => break,
-                Err((e, r))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => bail!("preloading {topic}: {e}"),
-            }
-        }
+        send_waiting(&p, &topic, BaseRecord::to(&topic).key(&k).payload(&v))?;
     }
     p.flush(Duration::from_secs(120))?;
     let input = kafka.read_to_end(&topic, Isolation::ReadCommitted);
@@ -819,33 +806,23 @@ fn preload_windows(kafka: &Kafka, args: &Args) -> anyhow::Result<Dataset> {
         ((seed >> 33) % bound.max(1) as u64) as i64
     };
     let p = producer(kafka.bootstrap_servers())?;
-    let send = |record: BaseRecord<'_, String, String>| -> anyhow::Result<()> {
-        let mut record = record;
-        loop {
-            match p.send(record) {
-                Ok(()) => return Ok(()),
-                Err((e, r))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => bail!("preloading {topic}: {e}"),
-            }
-        }
-    };
     let span = 2 * (args.window_ms + args.grace_ms);
     for i in 0..n {
         let (k, v) = value_for(0, i, args.windows_keys);
         let back = if next(10) == 0 { next(span) } else { next(500) };
         let ts = t0 + i as i64 - back;
-        send(BaseRecord::to(&topic).key(&k).payload(&v).timestamp(ts))?;
+        send_waiting(
+            &p,
+            &topic,
+            BaseRecord::to(&topic).key(&k).payload(&v).timestamp(ts),
+        )?;
     }
     let (zero, closer_ts) = ("0".to_string(), t0 + n as i64 + span);
     for partition in 0..args.partitions {
         let key = format!("closer-{partition}");
-        send(
+        send_waiting(
+            &p,
+            &topic,
             BaseRecord::to(&topic)
                 .partition(partition)
                 .key(&key)
@@ -867,6 +844,26 @@ fn preload_windows(kafka: &Kafka, args: &Args) -> anyhow::Result<Dataset> {
         input,
         value_bytes: 0,
     })
+}
+
+/// Sends `record` (preloading `topic`), waiting for room while the producer's queue is full.
+fn send_waiting(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    mut record: BaseRecord<'_, String, String>,
+) -> anyhow::Result<()> {
+    loop {
+        match p.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r))
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+            {
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => bail!("preloading {topic}: {e}"),
+        }
+    }
 }
 
 /// Builds the Kafka Streams contender; returns its class path.
@@ -892,6 +889,15 @@ fn build_kstreams() -> anyhow::Result<String> {
         dir.join("target/classes").display(),
         dir.join("target/deps").display()
     ))
+}
+
+/// See [`Launcher::latency_run`].
+struct LatencyRun {
+    app: String,
+    input: String,
+    output: String,
+    state: PathBuf,
+    producer: ThreadedProducer<DefaultProducerContext>,
 }
 
 #[derive(Clone, Copy)]
@@ -1138,8 +1144,9 @@ impl Launcher<'_> {
         cpu.is_finite().then_some(cpu)
     }
 
-    /// p50 and p99 of (seen committed − record timestamp), in ms, at `rate` records/s.
-    fn latency(&self, ds: &Dataset, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
+    /// A latency run's application id, new input and output topics, state directory and
+    /// producer.
+    fn latency_run(&self) -> anyhow::Result<LatencyRun> {
         let (app, input, output) = (
             unique(&format!("bench-lat-{}", self.contender.name())),
             unique("bench-lat-in"),
@@ -1147,8 +1154,24 @@ impl Launcher<'_> {
         );
         self.kafka.create_topic(&input, self.partitions);
         self.kafka.create_topic(&output, self.partitions);
-        let state = std::env::temp_dir().join(unique("weir-bench-state"));
-        let p = producer(self.kafka.bootstrap_servers())?;
+        Ok(LatencyRun {
+            app,
+            input,
+            output,
+            state: std::env::temp_dir().join(unique("weir-bench-state")),
+            producer: producer(self.kafka.bootstrap_servers())?,
+        })
+    }
+
+    /// p50 and p99 of (seen committed − record timestamp), in ms, at `rate` records/s.
+    fn latency(&self, ds: &Dataset, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
+        let LatencyRun {
+            app,
+            input,
+            output,
+            state,
+            producer: p,
+        } = self.latency_run()?;
         let send = |i: usize| -> anyhow::Result<()> {
             let (k, v) = value_for(ds.value_bytes, i, 1_000);
             p.send(
@@ -1227,15 +1250,13 @@ impl Launcher<'_> {
             window: (window_ms, 0),
             ..*self
         };
-        let (app, input, output) = (
-            unique(&format!("bench-lat-{}", self.contender.name())),
-            unique("bench-lat-in"),
-            unique("bench-lat-out"),
-        );
-        self.kafka.create_topic(&input, self.partitions);
-        self.kafka.create_topic(&output, self.partitions);
-        let state = std::env::temp_dir().join(unique("weir-bench-state"));
-        let p = producer(self.kafka.bootstrap_servers())?;
+        let LatencyRun {
+            app,
+            input,
+            output,
+            state,
+            producer: p,
+        } = self.latency_run()?;
         let mut i = 0;
         let mut send = |ts: i64| -> anyhow::Result<()> {
             let (k, v) = value_for(0, i, 1_000);

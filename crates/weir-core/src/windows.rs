@@ -645,6 +645,9 @@ mod tests {
     /// A closed window: key, start, end, count, sum.
     type Closed = (String, i64, i64, u64, i64);
 
+    /// A window `add` updated (on update): start, count, sum.
+    type Updated = (i64, u64, i64);
+
     /// Drives an aggregation as the runtime would: records in order, stream time carried
     /// between calls, due event-time timers fired after each record. Returns the closed
     /// windows, in order, how many records were late, and how many rows are left (one per
@@ -653,6 +656,17 @@ mod tests {
         agg: &WindowedAggregation<CountSum>,
         input: &[(&str, i64, i64)],
     ) -> (Vec<Closed>, u64, usize) {
+        let (closed, late, open, _) = run_with_updates(agg, input);
+        (closed, late, open)
+    }
+
+    /// [`run`], and per record what `add` returned in [`Emit::OnUpdate`] mode: each updated
+    /// window's (start, count, sum).
+    fn run_with_updates(
+        agg: &WindowedAggregation<CountSum>,
+        input: &[(&str, i64, i64)],
+    ) -> (Vec<Closed>, u64, usize, Vec<Vec<Updated>>) {
+        let mut updates = Vec::new();
         let mut state = MemoryState::default();
         let poison = PoisonHandling {
             policy: PoisonPolicy::Fail,
@@ -668,7 +682,9 @@ mod tests {
             let mut ctx = Context::new(&mut outputs, &poison, &mut tally)
                 .with_state(&mut state)
                 .with_time(stream_time, true);
-            agg.add(&mut ctx, &r, key.as_bytes(), v).unwrap();
+            if let Added::Updated(u) = agg.add(&mut ctx, &r, key.as_bytes(), v).unwrap() {
+                updates.push(u.iter().map(|w| (w.start, w.agg.0, w.agg.1)).collect());
+            }
             stream_time = ctx.stream_time();
             let now = stream_time.unwrap();
             for timer in due_timers(&mut state, TimeDomain::EventTime, now, usize::MAX).unwrap() {
@@ -687,7 +703,7 @@ mod tests {
                 }
             }
         }
-        (closed, tally.late, state.entries(&agg.store).len())
+        (closed, tally.late, state.entries(&agg.store).len(), updates)
     }
 
     #[test]
@@ -830,32 +846,9 @@ mod tests {
         );
         assert_eq!(late, 0);
         // On update: every window the record changes or makes.
-        let mut state = MemoryState::default();
-        let poison = PoisonHandling {
-            policy: PoisonPolicy::Fail,
-            dead_letter_topic: None,
-            application_id: "t".into(),
-        };
-        let mut tally = PoisonTally::default();
-        let mut outputs: Vec<Output> = Vec::new();
         let agg = WindowedAggregation::new("w", WindowSpec::sliding(10), Emit::OnUpdate, CountSum);
-        let mut results = Vec::new();
-        let mut stream_time = None;
-        for (i, (ts, v)) in [(5, 1), (12, 2)].into_iter().enumerate() {
-            let mut ctx = Context::new(&mut outputs, &poison, &mut tally)
-                .with_state(&mut state)
-                .with_time(stream_time, true);
-            let Added::Updated(u) = agg.add(&mut ctx, &record(i as i64, ts), b"k", &v).unwrap()
-            else {
-                panic!("not late");
-            };
-            stream_time = ctx.stream_time();
-            results.push(u.iter().map(|w| (w.start, w.agg)).collect::<Vec<_>>());
-        }
-        assert_eq!(
-            results,
-            vec![vec![(-5, (1, 1))], vec![(2, (2, 3)), (6, (1, 2))]]
-        );
+        let (_, _, _, updates) = run_with_updates(&agg, &[("k", 5, 1), ("k", 12, 2)]);
+        assert_eq!(updates, vec![vec![(-5, 1, 1)], vec![(2, 2, 3), (6, 1, 2)]]);
     }
 
     #[test]
