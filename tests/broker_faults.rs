@@ -39,6 +39,14 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
     eprintln!("3-broker cluster at {}", kafka.bootstrap_servers());
     let started = Instant::now();
     let mut g = AppGroup::new(&kafka, "mirror", 6, 3);
+    // Failover, not unavailability: every partition has a replica on each broker.
+    for topic in [&g.input, &g.output] {
+        let replicas = replica_counts(&kafka, topic);
+        assert!(
+            replicas.iter().all(|&n| n == 3),
+            "{topic} must have 3 replicas per partition; it has {replicas:?}"
+        );
+    }
     if below_min_isr {
         g.metrics = (0..3)
             .map(|_| weir_testkit::metrics::free_address())
@@ -46,21 +54,22 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
     }
     let mut records = numbered(6, 17_000);
     let total = records.len() as i64;
-    // With the stall, the last 6,000 records arrive only after it (once both brokers are back):
-    // the pipeline must resume to finish.
+    // With the stall, the last 6,000 records are held back: half of them arrive just before
+    // it, so that work is waiting (and transactions open) when the brokers go, and the pipeline
+    // must resume to commit them once one broker is back; the rest once both are back.
     let mut held_back = if below_min_isr {
         records.split_off(records.len() - 6_000)
     } else {
         Vec::new()
     };
     let live = kafka.live_reader(&g.output);
-    let feeder = feed(
+    let mut feeder = Some(feed(
         &g.bootstrap,
         &g.input,
         records,
         1_000,
         Duration::from_millis(400),
-    );
+    ));
     let mut instances: Vec<ChildProcess> = (0..3).map(|i| g.start(i)).collect();
     let mut bounces = Vec::new();
     let check_running = |instances: &mut Vec<ChildProcess>, g: &AppGroup, when: &str| {
@@ -104,7 +113,15 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         // controller quorum is lost. Nothing can commit.
         let target = (g.progress(&kafka) + total / 10).min(total - held_back.len() as i64);
         g.wait_progress(&kafka, target, Duration::from_secs(240));
-        let before = g.progress(&kafka);
+        // Everything fed is acknowledged before the brokers go (the feeder fails on a send the
+        // cluster does not acknowledge).
+        if let Some(f) = feeder.take() {
+            f.join().expect("feeder");
+        }
+        let last = held_back.split_off(held_back.len() / 2);
+        kafka.produce(&g.input, std::mem::take(&mut held_back));
+        held_back = last;
+        let fed = total - held_back.len() as i64;
         let logged = |g: &AppGroup| -> Vec<String> {
             (0..3)
                 .map(|i| {
@@ -176,7 +193,13 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         cluster
             .start_again(0)
             .unwrap_or_else(|e| panic!("restarting broker 0 after the stall: {e}"));
-        g.wait_progress(&kafka, before + 1, Duration::from_secs(180));
+        // How fast weir resumes counts from when the cluster can take writes again: the
+        // controller quorum has to form and move leaders and in-sync replicas first.
+        let writable = cluster
+            .wait_writable(Duration::from_secs(180))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let resuming = Instant::now();
+        g.wait_progress(&kafka, fed, Duration::from_secs(120));
         let cluster = kafka.local_mut().expect("a local cluster");
         cluster
             .restart(1)
@@ -185,14 +208,19 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         // Writable everywhere again (both brokers back and in sync): the rest of the input.
         kafka.produce(&g.input, std::mem::take(&mut held_back));
         bounces.push(format!(
-            "brokers 1 and 2 down together for 25 s: {} warnings logged, {stalled} of them weir's \"stalled\", e.g. {:?}",
+            "brokers 1 and 2 down together for 25 s: {} warnings logged, {stalled} of them weir's \"stalled\", e.g. {:?}; \
+             broker 1 back: writable after {:.1} s, committing again {:.1} s later",
             said.len(),
             said.iter()
                 .find(|l| l.contains("stalled: nothing committed"))
-                .map(|l| l.chars().take(300).collect::<String>())
+                .map(|l| l.chars().take(300).collect::<String>()),
+            writable.as_secs_f64(),
+            secs(resuming)
         ));
     }
-    feeder.join().expect("feeder");
+    if let Some(f) = feeder {
+        f.join().expect("feeder");
+    }
     g.wait_done(&kafka, Duration::from_secs(240));
     if below_min_isr {
         // Committing again, each stalled instance said so and cleared its gauge.
@@ -236,6 +264,21 @@ fn bounce_each_broker(down: Down, below_min_isr: bool) {
         bounces.join("; "),
         secs(started)
     );
+}
+
+/// The number of replicas of each of `topic`'s partitions, from the cluster's metadata.
+fn replica_counts(kafka: &Kafka, topic: &str) -> Vec<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = weir_kafka::clients::base_config(kafka.bootstrap_servers())
+        .create()
+        .expect("a metadata client");
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.replicas().len()))
+        .collect()
 }
 
 /// The failure report of the scenarios above prints the output's batches as a broker holds them

@@ -101,19 +101,20 @@ pub struct TopicSpec {
     pub name: String,
     /// Partition count.
     pub partitions: i32,
-    /// Replication factor.
+    /// Replication factor; -1 takes the broker's `default.replication.factor`.
     pub replication: i32,
     /// Topic configs (`cleanup.policy`, `min.insync.replicas`, ...).
     pub configs: Vec<(String, String)>,
 }
 
 impl TopicSpec {
-    /// A topic with `partitions` partitions and replication factor 1.
+    /// A topic with `partitions` partitions and the broker's default replication factor
+    /// (`default.replication.factor`: 1 on a single local broker, 3 on a 3-broker cluster).
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         Self {
             name: name.into(),
             partitions,
-            replication: 1,
+            replication: -1,
             configs: Vec::new(),
         }
     }

@@ -54,8 +54,8 @@ pub(crate) fn ensure_changelogs(
                 }
             }
             Err(weir_kafka::admin::AdminError::MissingTopic { .. }) => {
+                // The broker's default.replication.factor.
                 let mut spec = TopicSpec::new(&topic, tasks);
-                spec.replication = -1; // the broker's default.replication.factor
                 spec.configs
                     .push(("cleanup.policy".into(), "compact".into()));
                 admin.create_topics(&[spec])?;

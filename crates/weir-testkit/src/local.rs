@@ -130,7 +130,7 @@ impl LocalCluster {
         .trim()
         .to_string();
         let rf = nodes.min(3);
-        let min_isr = if nodes >= 3 { 2 } else { 1 };
+        let min_isr = min_isr(nodes);
 
         let secured = tls.as_ref().map(|(_, ca)| Secured {
             tls_bootstrap: secured_ports
@@ -442,6 +442,61 @@ impl LocalCluster {
         }
     }
 
+    /// Waits until the cluster can take writes again after an outage: every partition of every
+    /// topic (internal ones included) has a leader on a running node and at least
+    /// `min.insync.replicas` replicas in sync. With two of three nodes down the controller
+    /// quorum is lost, so partition leadership and ISR changes wait for it to form again; how
+    /// long that takes after a node returns is Kafka's business, and a test of how fast weir
+    /// resumes counts from here. Returns how long it waited.
+    pub fn wait_writable(&self, timeout: Duration) -> Result<Duration, StartError> {
+        use rdkafka::consumer::Consumer;
+        let started = Instant::now();
+        let min_isr = min_isr(self.nodes.len());
+        let running: Vec<i32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.process.is_some())
+            .map(|n| n.id as i32)
+            .collect();
+        let client = self.metadata_client("3")?;
+        loop {
+            let blocked: Vec<String> = match client.fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(md) => md
+                    .topics()
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions()
+                            .iter()
+                            .filter(|p| !running.contains(&p.leader()) || p.isr().len() < min_isr)
+                            .map(move |p| {
+                                format!(
+                                    "{}-{} (leader {}, isr {:?})",
+                                    t.name(),
+                                    p.id(),
+                                    p.leader(),
+                                    p.isr()
+                                )
+                            })
+                    })
+                    .collect(),
+                Err(e) => vec![format!("metadata: {e}")],
+            };
+            if blocked.is_empty() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(StartError::Local {
+                    what: format!(
+                        "the cluster could not take writes {timeout:?} after the outage \
+                         (running nodes {running:?})"
+                    ),
+                    detail: blocked.join(", "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn signal(&mut self, index: usize, signal: i32) {
         if let Some(mut child) = self.nodes[index].process.take() {
             #[allow(unsafe_code)]
@@ -472,7 +527,24 @@ impl Drop for LocalCluster {
         for i in 0..self.nodes.len() {
             self.signal(i, libc::SIGKILL);
         }
+        if std::thread::panicking() {
+            // A failing test: the brokers' logs are what explains it.
+            eprintln!(
+                "weir-testkit: the failed test's cluster is kept for its logs: {}/node-*/server.log",
+                self.root.display()
+            );
+            return;
+        }
         let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// `min.insync.replicas` of a cluster of `nodes` (every topic, internal ones included).
+fn min_isr(nodes: usize) -> usize {
+    if nodes >= 3 {
+        2
+    } else {
+        1
     }
 }
 
