@@ -14,6 +14,7 @@
 //! | `weir-alo` | the `mirror` example, at_least_once |
 //! | `kstreams-eos` | Kafka Streams 4.1 `stream(in).to(out)`, exactly_once_v2 |
 //! | `weir-totals` | the `totals` example (RocksDB store with changelog), exactly_once |
+//! | `weir-totals-inline` | the same with `commit.overlap = false` |
 //! | `kstreams-totals` | the same per-key totals in Kafka Streams (RocksDB store with changelog and the record cache), exactly_once_v2 |
 //! | `weir-windows` | the `windows` example: count and sum per key per tumbling window with grace, each emitted once when it closes, exactly_once |
 //! | `kstreams-windows` | the same in Kafka Streams: `groupByKey().windowedBy(TimeWindows.ofSizeAndGrace(..)).aggregate(..)` with `suppress(untilWindowCloses)`, exactly_once_v2 |
@@ -206,6 +207,7 @@ enum Contender {
     WeirAlo,
     KstreamsEos,
     WeirTotals,
+    WeirTotalsInline,
     KstreamsTotals,
     WeirWindows,
     KstreamsWindows,
@@ -227,6 +229,7 @@ impl Contender {
             Contender::WeirAlo => "weir-alo",
             Contender::KstreamsEos => "kstreams-eos",
             Contender::WeirTotals => "weir-totals",
+            Contender::WeirTotalsInline => "weir-totals-inline",
             Contender::KstreamsTotals => "kstreams-totals",
             Contender::WeirWindows => "weir-windows",
             Contender::KstreamsWindows => "kstreams-windows",
@@ -236,7 +239,10 @@ impl Contender {
     }
 
     fn totals(self) -> bool {
-        matches!(self, Contender::WeirTotals | Contender::KstreamsTotals)
+        matches!(
+            self,
+            Contender::WeirTotals | Contender::WeirTotalsInline | Contender::KstreamsTotals
+        )
     }
 
     fn windows(self) -> bool {
@@ -258,6 +264,7 @@ impl Contender {
                 | Contender::WeirEosX
                 | Contender::WeirAlo
                 | Contender::WeirTotals
+                | Contender::WeirTotalsInline
                 | Contender::WeirWindows
         )
     }
@@ -510,7 +517,11 @@ fn main() -> anyhow::Result<()> {
     let mut warmed = 0;
     for ds in &datasets {
         let contenders: &[Contender] = if ds.name == "totals" {
-            &[Contender::WeirTotals, Contender::KstreamsTotals]
+            &[
+                Contender::WeirTotals,
+                Contender::WeirTotalsInline,
+                Contender::KstreamsTotals,
+            ]
         } else if ds.name == "windows" {
             &[Contender::WeirWindows, Contender::KstreamsWindows]
         } else {
@@ -949,9 +960,10 @@ impl Launcher<'_> {
             | Contender::WeirEosX
             | Contender::WeirAlo
             | Contender::WeirTotals
+            | Contender::WeirTotalsInline
             | Contender::WeirWindows => {
                 let example = match self.contender {
-                    Contender::WeirTotals => "totals",
+                    Contender::WeirTotals | Contender::WeirTotalsInline => "totals",
                     Contender::WeirWindows => "windows",
                     _ => "mirror",
                 };
@@ -975,7 +987,10 @@ impl Launcher<'_> {
                             "exactly_once"
                         },
                     ]);
-                if self.contender == Contender::WeirEosInline {
+                if matches!(
+                    self.contender,
+                    Contender::WeirEosInline | Contender::WeirTotalsInline
+                ) {
                     c.args(["--set", "commit.overlap=false"]);
                 }
                 if self.contender == Contender::WeirWindows {
@@ -1660,6 +1675,12 @@ fn ratios(rows: &[Row], interval: u64) -> BTreeMap<String, Ratio> {
         pairs.push((Contender::WeirEos, Contender::KstreamsEos, ds));
     }
     pairs.push((Contender::WeirTotals, Contender::KstreamsTotals, "totals"));
+    pairs.push((
+        Contender::WeirTotalsInline,
+        Contender::KstreamsTotals,
+        "totals",
+    ));
+    pairs.push((Contender::WeirTotals, Contender::WeirTotalsInline, "totals"));
     pairs.push((
         Contender::WeirWindows,
         Contender::KstreamsWindows,

@@ -42,6 +42,15 @@ impl Totals<'_> {
     }
 
     fn start(&self, state: &Path, failpoint: Option<&str>) -> ChildProcess {
+        let env: Vec<(&str, &str)> = failpoint
+            .map(|f| ("WEIR_FAILPOINT", f))
+            .into_iter()
+            .collect();
+        self.start_with(state, &env, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables and extra arguments.
+    fn start_with(&self, state: &Path, env: &[(&str, &str)], args: &[&str]) -> ChildProcess {
         let path = state.with_extension(format!("{}.log", unique("run")));
         let log = std::fs::File::create(&path).unwrap();
         self.logs.borrow_mut().push(path);
@@ -66,11 +75,10 @@ impl Totals<'_> {
             "RUST_LOG",
             "info,rdkafka=warn,weir_runtime::changelog=debug",
         )
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log);
-        if let Some(f) = failpoint {
-            cmd.env("WEIR_FAILPOINT", f);
-        }
         ChildProcess::spawn("totals", cmd)
     }
 
@@ -157,22 +165,31 @@ fn totals_is_exactly_once_across_sigkills() {
     t.verify_with(Some(live));
 }
 
+/// A crash at each step of the commit cycle, with commits overlapped (the default: transaction
+/// n commits on one producer while n+1 fills on the other, the state's writes of n frozen as
+/// its committing layer) and in line (`commit.overlap = false`).
 #[test]
 fn a_crash_at_every_step_of_the_commit_cycle_recovers_in_step() {
     let kafka = shared();
-    for failpoint in [
-        "after_produce",
-        "after_send_offsets",
-        "after_prepare",
-        "after_commit_transaction",
-        "after_apply",
-    ] {
+    for (overlap, failpoint) in ["true", "false"].into_iter().flat_map(|o| {
+        [
+            "after_produce",
+            "after_send_offsets",
+            "after_prepare",
+            "after_commit_transaction",
+            "after_apply",
+        ]
+        .map(move |f| (o, f))
+    }) {
+        let failpoint_at = format!("{failpoint}:3");
+        let overlap_setting = format!("commit.overlap={overlap}");
+        let args = ["--set", overlap_setting.as_str()];
         let t = Totals::new(kafka, 2);
         let state = state_dir();
         let records = payments(20_000, 300, 2, 11);
         kafka.produce(&t.input, records[..500].to_vec());
         // Crash on the third commit: input keeps arriving until the process dies.
-        let mut crashing = t.start(&state, Some(&format!("{failpoint}:3")));
+        let mut crashing = t.start_with(&state, &[("WEIR_FAILPOINT", &failpoint_at)], &args);
         let mut sent = 500;
         while crashing.is_running() && sent < records.len() {
             kafka.produce(&t.input, records[sent..sent + 250].to_vec());
@@ -197,15 +214,46 @@ fn a_crash_at_every_step_of_the_commit_cycle_recovers_in_step() {
             &t.input,
             records[sent..(sent + 1_000).min(records.len())].to_vec(),
         );
-        let totals = t.start(&state, None);
+        let totals = t.start_with(&state, &[], &args);
         t.wait_done(&t.ends());
         assert!(
             totals.terminate(Duration::from_secs(30)).success(),
             "{failpoint}"
         );
         t.verify();
-        eprintln!("{failpoint}: crashed, restarted, aggregates exact");
+        eprintln!("{failpoint} (commit.overlap={overlap}): crashed, restarted, aggregates exact");
     }
+}
+
+/// An overlapped commit of state that fails (`WEIR_FAILPOINT_ERROR=background_commit:2`: the
+/// second background commit reports an abortable error) takes the transaction after it down
+/// too, and the state of both: each aggregate counts every payment exactly once although the
+/// failed transaction's writes were read by its successor.
+#[test]
+fn a_failed_overlapped_commit_drops_the_state_of_both_transactions() {
+    let kafka = shared();
+    let t = Totals::new(kafka, 3);
+    let records = payments(40_000, 2_000, 3, 13);
+    kafka.produce(&t.input, records);
+    let state = state_dir();
+    let live = kafka.live_reader(&t.output);
+    let totals = t.start_with(
+        &state,
+        &[("WEIR_FAILPOINT_ERROR", "background_commit:2")],
+        &["--set", "commit.overlap=true"],
+    );
+    t.wait_done(&t.ends());
+    assert!(totals.terminate(Duration::from_secs(30)).success());
+    let log = t.last_log();
+    assert!(
+        log.contains("failpoint background_commit reached"),
+        "the failpoint was never reached: nothing tested\n{log}"
+    );
+    assert!(
+        log.contains("transaction aborted"),
+        "the failed commit did not abort: nothing tested\n{log}"
+    );
+    t.verify_with(Some(live));
 }
 
 #[test]

@@ -153,12 +153,13 @@ pub struct Config {
     #[serde(rename = "static.membership", default)]
     pub static_membership: bool,
 
-    /// `commit.overlap`: under exactly_once, a stateless application commits each transaction
-    /// in the background on one transactional producer while the next transaction fills on a
-    /// second one (transactional id `{application.id}-{instance.id}#2`), so processing does not
-    /// wait for the commit round trips. Commits still complete in order, and a failed commit
-    /// aborts the transaction after it too. Applications with state stores always commit in
-    /// line. Default true; false commits every transaction in line on one producer.
+    /// `commit.overlap`: under exactly_once, each interval commit runs in the background on one
+    /// transactional producer while the next transaction fills on a second one (transactional
+    /// id `{application.id}-{instance.id}#2`), so processing does not wait for the commit round
+    /// trips. With state stores, the committing transaction's writes are prepared first and
+    /// stay readable under the next one's until they are applied. Commits still complete in
+    /// order, and a failed commit aborts the transaction after it too, with the state of both.
+    /// Default true; false commits every transaction in line on one producer.
     #[serde(rename = "commit.overlap", default = "defaults::commit_overlap")]
     pub commit_overlap: bool,
 

@@ -190,12 +190,12 @@ impl App {
             Some(state)
         };
         let producer = new_producer(&config, &transactional_id, &delivery).await?;
-        // `commit.overlap`: a second transactional producer, for stateless exactly_once.
-        let spare = if exactly_once && state.is_none() && config.commit_overlap {
+        // `commit.overlap`: a second transactional producer, under exactly_once.
+        let spare = if exactly_once && config.commit_overlap {
             let second = config.second_transactional_id(&instance_id);
             Some(new_producer(&config, &second, &delivery).await?)
         } else {
-            if exactly_once && state.is_none() {
+            if exactly_once {
                 // `commit.overlap` was turned off: a transaction the second producer left open
                 // before must not hold the outputs back until it times out.
                 let second = config.second_transactional_id(&instance_id);

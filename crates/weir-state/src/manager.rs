@@ -182,12 +182,21 @@ pub type TaskCommit = (i32, u64, BTreeMap<String, i64>);
 /// metadata (`K` in DESIGN.md).
 pub type Committed = BTreeMap<String, (Option<i64>, Option<u64>)>;
 
-/// RocksDB state of one application instance, with an uncommitted overlay per task.
+/// A task's uncommitted writes: per (store, key) the new value, `None` for a delete.
+type Overlay = BTreeMap<OverlayKey, Option<Vec<u8>>>;
+
+/// RocksDB state of one application instance, with two uncommitted layers per task: the open
+/// transaction's writes, and the writes of the transaction that is committing (prepared, and
+/// frozen with [`freeze`](StateManager::freeze), until [`apply`](StateManager::apply) writes
+/// them or [`abort`](StateManager::abort) drops them). Reads see the open layer, then the
+/// committing one, then the database. With overlapped commits the second is in Kafka's hands
+/// while the next transaction fills the first; in line it lasts from prepare to apply.
 pub struct StateManager {
     db: DB,
     path: PathBuf,
     stores: BTreeMap<String, StoreSpec>,
-    overlays: BTreeMap<i32, BTreeMap<OverlayKey, Option<Vec<u8>>>>,
+    overlays: BTreeMap<i32, Overlay>,
+    committing: BTreeMap<i32, Overlay>,
     uncommitted_bytes: usize,
 }
 
@@ -273,6 +282,7 @@ impl StateManager {
                 path: path.to_path_buf(),
                 stores: stores.into_iter().map(|s| (s.name.clone(), s)).collect(),
                 overlays: BTreeMap::new(),
+                committing: BTreeMap::new(),
                 uncommitted_bytes: 0,
             },
             moved,
@@ -317,8 +327,8 @@ impl StateManager {
         }
     }
 
-    /// Calls `f(store, task, key, value)` for every uncommitted write to a store with a
-    /// changelog — the final value of each key in this transaction, not every update.
+    /// Calls `f(store, task, key, value)` for every write of the open transaction to a store
+    /// with a changelog — the final value of each key in this transaction, not every update.
     pub fn for_each_changelog_write(&self, mut f: impl FnMut(&str, i32, &[u8], Option<&[u8]>)) {
         for (task, overlay) in &self.overlays {
             for ((store, key), value) in overlay {
@@ -329,7 +339,7 @@ impl StateManager {
         }
     }
 
-    /// The tasks with uncommitted writes.
+    /// The tasks with writes in the open transaction.
     pub fn dirty_tasks(&self) -> BTreeSet<i32> {
         self.overlays.keys().copied().collect()
     }
@@ -363,8 +373,8 @@ impl StateManager {
         self.read_json(&task_key(PENDING, task), task, "pending entry")
     }
 
-    fn overlay_changes(&self, task: i32) -> Vec<Change> {
-        self.overlays
+    fn changes(layer: &BTreeMap<i32, Overlay>, task: i32) -> Vec<Change> {
+        layer
             .get(&task)
             .map(|o| {
                 o.iter()
@@ -374,8 +384,9 @@ impl StateManager {
             .unwrap_or_default()
     }
 
-    /// **Prepare** (step b): one synced, atomic write of every committing task's delta and
-    /// target offsets as a pending entry.
+    /// **Prepare** (step b): one synced, atomic write of every committing task's delta (the
+    /// open transaction's writes) and target offsets as a pending entry. [`freeze`](Self::freeze)
+    /// follows.
     pub fn prepare(&self, commits: &[TaskCommit]) -> Result<(), StateStoreError> {
         let mut batch = WriteBatch::default();
         for (task, seq, offsets) in commits {
@@ -389,7 +400,7 @@ impl StateManager {
             );
             batch.put(
                 task_key(DELTA, *task),
-                delta::encode(&self.overlay_changes(*task)),
+                delta::encode(&Self::changes(&self.overlays, *task)),
             );
         }
         let mut sync = WriteOptions::default();
@@ -397,8 +408,22 @@ impl StateManager {
         self.db.write_opt(batch, &sync).map_err(|e| self.rocks(&e))
     }
 
-    /// **Apply** (step d): the deltas, the new offsets (`R = K`), changelog offsets and
-    /// sequence numbers in one atomic write; pending entries dropped; the overlay cleared.
+    /// The open transaction's writes become the committing layer (after [`prepare`](Self::prepare),
+    /// or before an at_least_once offset commit): reads still see them, the next writes go to a
+    /// new open layer, and [`apply`](Self::apply) writes them once Kafka committed. Only one
+    /// transaction commits at a time: the previous one was applied or dropped.
+    pub fn freeze(&mut self) {
+        debug_assert!(
+            self.committing.is_empty(),
+            "a transaction froze while another was committing"
+        );
+        self.committing = std::mem::take(&mut self.overlays);
+        self.uncommitted_bytes = 0;
+    }
+
+    /// **Apply** (step d): the committing layer's deltas, the new offsets (`R = K`), changelog
+    /// offsets and sequence numbers in one atomic write; pending entries dropped; the committing
+    /// layer cleared (the open one stays).
     pub fn apply(
         &mut self,
         commits: &[TaskCommit],
@@ -406,7 +431,7 @@ impl StateManager {
     ) -> Result<(), StateStoreError> {
         let mut batch = WriteBatch::default();
         for (task, seq, offsets) in commits {
-            let changes = self.overlay_changes(*task);
+            let changes = Self::changes(&self.committing, *task);
             let mut meta = self.meta(*task)?.unwrap_or_default();
             meta.offsets
                 .extend(offsets.iter().map(|(t, o)| (t.clone(), *o)));
@@ -425,19 +450,25 @@ impl StateManager {
             batch.delete(task_key(DELTA, *task));
         }
         self.db.write(batch).map_err(|e| self.rocks(&e))?;
+        self.committing.clear();
+        Ok(())
+    }
+
+    /// **Abort**: both uncommitted layers are dropped — the open transaction's and the
+    /// committing one's (whose commit failed, or whose outcome is Kafka's to tell). A pending
+    /// entry stays on disk: recovery decides it against Kafka's committed offsets
+    /// ([`decide_pending`](Self::decide_pending)), or the task's next prepare replaces it (the
+    /// same sequence number, since its offsets did not move).
+    pub fn abort(&mut self) -> Result<(), StateStoreError> {
         self.overlays.clear();
+        self.committing.clear();
         self.uncommitted_bytes = 0;
         Ok(())
     }
 
-    /// **Abort**: the overlay and any pending entries of dirty tasks are dropped.
-    pub fn abort(&mut self) -> Result<(), StateStoreError> {
-        let mut batch = WriteBatch::default();
-        for task in self.overlays.keys() {
-            batch.delete(task_key(PENDING, *task));
-            batch.delete(task_key(DELTA, *task));
-        }
-        self.db.write(batch).map_err(|e| self.rocks(&e))?;
+    /// Drops the open transaction's writes only, while the committing layer's commit is still
+    /// in flight (its outcome applies it or drops it).
+    pub fn abort_open(&mut self) -> Result<(), StateStoreError> {
         self.overlays.clear();
         self.uncommitted_bytes = 0;
         Ok(())
@@ -465,6 +496,7 @@ impl StateManager {
         committed: &Committed,
     ) -> Result<bool, StateStoreError> {
         self.overlays.remove(&task);
+        self.committing.remove(&task);
         let mut rolled_forward = false;
         if let Some(pending) = self.pending(task)? {
             let decided = crate::pending_decided(&pending, |t| {
@@ -589,6 +621,7 @@ impl StateManager {
             return Ok(false);
         }
         self.overlays.remove(&task);
+        self.committing.remove(&task);
         let mut batch = WriteBatch::default();
         let (start, end) = (task_key(DATA, task), task_key(DATA, task + 1));
         batch.delete_range(&start, &end);
@@ -733,13 +766,11 @@ impl TaskAccess<'_> {
 impl StateAccess for TaskAccess<'_> {
     fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.check(store)?;
-        if let Some(v) = self
-            .manager
-            .overlays
-            .get(&self.task)
-            .and_then(|o| o.get(&(store.to_string(), key.to_vec())))
-        {
-            return Ok(v.clone());
+        let k = (store.to_string(), key.to_vec());
+        for layer in [&self.manager.overlays, &self.manager.committing] {
+            if let Some(v) = layer.get(&self.task).and_then(|o| o.get(&k)) {
+                return Ok(v.clone());
+            }
         }
         self.manager
             .db
@@ -797,8 +828,9 @@ impl StateAccess for TaskAccess<'_> {
             }
             merged.insert(user_key.to_vec(), v.to_vec());
         }
-        if let Some(overlay) = self.manager.overlays.get(&self.task) {
-            for ((s, k), v) in overlay {
+        // The committing layer over the database, the open one over both.
+        for layer in [&self.manager.committing, &self.manager.overlays] {
+            for ((s, k), v) in layer.get(&self.task).into_iter().flatten() {
                 if s == store && in_range(k) {
                     match v {
                         Some(v) => merged.insert(k.clone(), v.clone()),
@@ -851,6 +883,7 @@ mod tests {
         for task in [0, 1] {
             m.access(task).put("s", b"a", b"1".to_vec()).unwrap();
         }
+        m.freeze();
         m.apply(
             &[(0, 1, offsets(10)), (1, 1, offsets(20))],
             &BTreeMap::new(),
@@ -874,6 +907,7 @@ mod tests {
         );
         // Work after the reset is kept: the same generation does not wipe again.
         m.access(0).put("s", b"b", b"2".to_vec()).unwrap();
+        m.freeze();
         m.apply(&[(0, 1, offsets(5))], &BTreeMap::new()).unwrap();
         assert!(!m.reset_task(0, 77, offsets(5)).unwrap());
         assert_eq!(m.access(0).get("s", b"b").unwrap(), Some(b"2".to_vec()));
@@ -910,6 +944,7 @@ mod tests {
         }
         let commits = vec![(0, 1, offsets(3))];
         m.prepare(&commits).unwrap();
+        m.freeze();
         m.apply(&commits, &[(("s".to_string(), 0), 7)].into())
             .unwrap();
         assert_eq!(m.pending(0).unwrap(), None);
@@ -931,6 +966,93 @@ mod tests {
             .scan("s", Bound::Included(b"b"), Bound::Excluded(b"c"))
             .unwrap();
         assert_eq!(some, vec![(b"bb".to_vec(), b"x".to_vec())]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Overlapped commits: transaction n is prepared and frozen, n+1 writes over it; reads and
+    /// scans see n+1 over n over the database; applying n keeps n+1 open; an abort while n is
+    /// in flight drops n+1 only, and a failed n goes with its successor.
+    #[test]
+    fn the_open_layer_reads_over_the_committing_one_and_each_goes_its_own_way() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        m.access(0).put("s", b"a", b"db".to_vec()).unwrap();
+        m.access(0).put("s", b"c", b"db".to_vec()).unwrap();
+        m.freeze();
+        m.apply(&[(0, 1, offsets(1))], &BTreeMap::new()).unwrap();
+        // n: a and b written, prepared, frozen.
+        m.access(0).put("s", b"a", b"n".to_vec()).unwrap();
+        m.access(0).put("s", b"b", b"n".to_vec()).unwrap();
+        let n = vec![(0, 2, offsets(2))];
+        m.prepare(&n).unwrap();
+        m.freeze();
+        assert_eq!(m.uncommitted_bytes(), 0, "the bound counts the open layer");
+        // n+1: b deleted, c written.
+        m.access(0).delete("s", b"b").unwrap();
+        m.access(0).put("s", b"c", b"n+1".to_vec()).unwrap();
+        let mut changelog = Vec::new();
+        m.for_each_changelog_write(|_, _, k, v| {
+            changelog.push((k.to_vec(), v.map(<[u8]>::to_vec)))
+        });
+        assert_eq!(
+            changelog,
+            [
+                (b"b".to_vec(), None),
+                (b"c".to_vec(), Some(b"n+1".to_vec()))
+            ],
+            "the changelog of n+1 is its own writes"
+        );
+        let seen = |m: &mut StateManager| -> Vec<(Vec<u8>, Vec<u8>)> {
+            m.access(0)
+                .scan("s", Bound::Unbounded, Bound::Unbounded)
+                .unwrap()
+        };
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"n".to_vec()));
+        assert_eq!(m.access(0).get("s", b"b").unwrap(), None);
+        assert_eq!(
+            seen(&mut m),
+            [
+                (b"a".to_vec(), b"n".to_vec()),
+                (b"c".to_vec(), b"n+1".to_vec())
+            ]
+        );
+        // A rewind while n commits drops n+1 only.
+        m.abort_open().unwrap();
+        assert_eq!(m.access(0).get("s", b"b").unwrap(), Some(b"n".to_vec()));
+        m.access(0).put("s", b"c", b"n+1".to_vec()).unwrap();
+        // n committed: applied; n+1 still open on top.
+        m.apply(&n, &BTreeMap::new()).unwrap();
+        assert_eq!(m.pending(0).unwrap(), None);
+        assert_eq!(m.meta(0).unwrap().unwrap().seq, 2);
+        assert_eq!(m.access(0).get("s", b"c").unwrap(), Some(b"n+1".to_vec()));
+        m.abort().unwrap();
+        assert_eq!(
+            seen(&mut m),
+            [
+                (b"a".to_vec(), b"n".to_vec()),
+                (b"b".to_vec(), b"n".to_vec()),
+                (b"c".to_vec(), b"db".to_vec())
+            ],
+            "n is in the database, n+1 gone"
+        );
+        // A failed n: abort drops it with its successor; its pending entry stays for recovery.
+        m.access(0).put("s", b"a", b"lost".to_vec()).unwrap();
+        m.prepare(&[(0, 3, offsets(3))]).unwrap();
+        m.freeze();
+        m.access(0).put("s", b"b", b"lost".to_vec()).unwrap();
+        m.abort().unwrap();
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"n".to_vec()));
+        assert_eq!(m.access(0).get("s", b"b").unwrap(), Some(b"n".to_vec()));
+        assert_eq!(m.pending(0).unwrap().map(|p| p.seq), Some(3));
+        let k: Committed = [("in".to_string(), (Some(2), Some(2)))].into();
+        assert_eq!(
+            m.recover(0, &k).unwrap(),
+            RecoveryOutcome::InStep {
+                rolled_forward: false
+            },
+            "Kafka did not commit it: rolled back"
+        );
+        assert_eq!(m.pending(0).unwrap(), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1047,6 +1169,7 @@ mod damage {
                 .put("s", format!("key-{i:06}").as_bytes(), vec![b'v'; 100])
                 .unwrap();
         }
+        m.freeze();
         m.apply(&[(0, 1, offsets(n.into()))], &BTreeMap::new())
             .unwrap();
         m.db.flush().unwrap();

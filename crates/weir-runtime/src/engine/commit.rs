@@ -57,6 +57,9 @@ use crate::{telemetry, RuntimeError};
 /// Input offsets of a commit, per partition: the offset after the last record processed.
 pub(crate) type Offsets = Vec<(TopicPartition, i64)>;
 
+/// Per (store, task): the changelog offset after a transaction's last record there.
+pub(crate) type ChangelogNext = BTreeMap<(String, i32), i64>;
+
 /// How transactions commit (see the module documentation).
 #[derive(Debug)]
 pub(crate) enum Mode {
@@ -276,7 +279,13 @@ impl Engine {
             return Ok(());
         }
         let overlap = matches!(&self.mode, Mode::Overlapped { spare: Some(_), .. });
+        let mut changelog_sent = false;
         if overlap && reason == CommitReason::Interval && self.txn_open {
+            // Step 3 first: the changelog records are outputs of this transaction too.
+            if !self.changelog().await? {
+                return Ok(());
+            }
+            changelog_sent = true;
             // The next transaction's outputs may go out only once every output of this one is
             // written, so that each output partition keeps the order of its inputs. If the
             // producer cannot drain now, the commit takes the in-line path. (Holding the next
@@ -290,7 +299,7 @@ impl Engine {
         let started = Instant::now();
         let committed = match self.mode {
             Mode::AtLeastOnce => self.commit_offsets().await?,
-            Mode::InLine | Mode::Overlapped { .. } => self.commit_in_line().await?,
+            Mode::InLine | Mode::Overlapped { .. } => self.commit_in_line(changelog_sent).await?,
         };
         let Some(offsets) = committed else {
             return Ok(());
@@ -303,14 +312,18 @@ impl Engine {
             .await
     }
 
-    /// Steps 3–7 in line. Returns the committed offsets, or `None` when nothing was open (or
-    /// the transaction had to be aborted, in which case the work is replayed).
-    async fn commit_in_line(&mut self) -> Result<Option<Offsets>, RuntimeError> {
+    /// Steps 3–7 in line (step 3 unless `changelog_sent`). Returns the committed offsets, or
+    /// `None` when nothing was open (or the transaction had to be aborted, in which case the
+    /// work is replayed).
+    async fn commit_in_line(
+        &mut self,
+        changelog_sent: bool,
+    ) -> Result<Option<Offsets>, RuntimeError> {
         if !self.txn_open {
             return Ok(None);
         }
         let offsets = self.position_list();
-        if !self.changelog().await? {
+        if !changelog_sent && !self.changelog().await? {
             return Ok(None);
         }
         failpoint("after_produce");
@@ -323,20 +336,25 @@ impl Engine {
             return Ok(None);
         }
         self.txn_open = false;
-        self.offsets_committed(commits).await?;
+        let changelog_next = self.changelog_next();
+        self.offsets_committed(commits, changelog_next).await?;
         Ok(Some(offsets))
     }
 
     /// The offsets are committed (in the transaction, or to the group): they are where
     /// reading resumes, the lag gauge learns them, and the state applies (step 7).
-    async fn offsets_committed(&mut self, commits: Vec<TaskCommit>) -> Result<(), RuntimeError> {
+    async fn offsets_committed(
+        &mut self,
+        commits: Vec<TaskCommit>,
+        changelog_next: ChangelogNext,
+    ) -> Result<(), RuntimeError> {
         let times = self.times_of(&self.position_list());
         self.times_committed(times);
         self.resume_at
             .extend(self.positions.iter().map(|(tp, o)| (tp.clone(), *o)));
         self.positions.clear();
         self.publish_committed();
-        self.apply(commits).await?;
+        self.apply(commits, changelog_next).await?;
         self.delivery.reset();
         Ok(())
     }
@@ -388,16 +406,19 @@ impl Engine {
         Ok(true)
     }
 
-    /// Step 5: prepare — the delta and its target offsets, durable before Kafka decides.
-    async fn prepare(&mut self, commits: &[TaskCommit]) -> Result<(), RuntimeError> {
-        if commits.is_empty() {
-            return Ok(());
+    /// Step 5: prepare — the delta and its target offsets, durable before Kafka decides; the
+    /// transaction's writes become the state's committing layer (`StateManager::freeze`).
+    pub(super) async fn prepare(&mut self, commits: &[TaskCommit]) -> Result<(), RuntimeError> {
+        if !commits.is_empty() {
+            let c = commits.to_vec();
+            if let Some(Err(e)) = self.state_blocking(move |s| s.prepare(&c)).await {
+                return Err(self.stop(e.into()).await);
+            }
+            failpoint("after_prepare");
         }
-        let c = commits.to_vec();
-        if let Some(Err(e)) = self.state_blocking(move |s| s.prepare(&c)).await {
-            return Err(self.stop(e.into()).await);
+        if let Some(state) = self.state.as_mut() {
+            state.freeze();
         }
-        failpoint("after_prepare");
         Ok(())
     }
 
@@ -416,21 +437,33 @@ impl Engine {
         Ok(true)
     }
 
-    /// Step 7: apply — the committed delta with its offsets and changelog positions.
-    async fn apply(&mut self, commits: Vec<TaskCommit>) -> Result<(), RuntimeError> {
-        if self.state.is_none() {
-            return Ok(());
+    /// Per store and task, the changelog offset after the last record this transaction wrote
+    /// there (taken from the delivery reports: call it once the transaction's outputs are all
+    /// acknowledged, before the next one produces).
+    pub(super) fn changelog_next(&self) -> ChangelogNext {
+        if !self.stateful {
+            return ChangelogNext::new();
         }
         let prefix = format!("{}-", self.config.application_id);
-        let next: BTreeMap<(String, i32), i64> = self
-            .delivery
+        self.delivery
             .take_changelog_offsets()
             .into_iter()
             .filter_map(|((topic, p), o)| {
                 let store = topic.strip_prefix(&prefix)?.strip_suffix("-changelog")?;
                 Some(((store.to_string(), p), o + 1))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Step 7: apply — the committed delta with its offsets and changelog positions.
+    pub(super) async fn apply(
+        &mut self,
+        commits: Vec<TaskCommit>,
+        next: ChangelogNext,
+    ) -> Result<(), RuntimeError> {
+        if self.state.is_none() {
+            return Ok(());
+        }
         match self.state_blocking(move |s| s.apply(&commits, &next)).await {
             Some(Err(e)) => Err(self.stop(e.into()).await),
             _ => {
@@ -519,7 +552,13 @@ impl Engine {
         let consumer = self.consumer();
         match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
             Ok(()) => {
-                self.offsets_committed(commits).await?;
+                // Nothing was written since the changelog went out: these are the writes the
+                // offsets commit.
+                if let Some(state) = self.state.as_mut() {
+                    state.freeze();
+                }
+                let changelog_next = self.changelog_next();
+                self.offsets_committed(commits, changelog_next).await?;
                 Ok(Some(offsets))
             }
             Err(e) => {
@@ -588,7 +627,13 @@ impl Engine {
         self.pending_in = 0;
         self.pending_out = 0;
         self.delivery.reset();
-        if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
+        // The state of a transaction still committing in the background stays for its outcome.
+        let drop_state = if self.commit_in_flight {
+            StateManager::abort_open
+        } else {
+            StateManager::abort
+        };
+        if let Some(Err(e)) = self.state_blocking(drop_state).await {
             return Err(self.stop(e.into()).await);
         }
         if let Err(e) = self.processor.on_abort().await {

@@ -118,6 +118,9 @@ pub(crate) struct Engine {
     state: Option<StateManager>,
     /// Whether the operator declared any store (`state` is `None` while it is moved out).
     stateful: bool,
+    /// Set while the open transaction is aborted with the previous one still committing in the
+    /// background (`await_committing`): the state's committing layer stays for its outcome.
+    commit_in_flight: bool,
     /// Told how restores progress (`App::on_restore_progress`).
     restore_observer: Option<RestoreObserver>,
 
@@ -218,6 +221,7 @@ impl Engine {
             outputs: Vec::new(),
             consecutive_failures: 0,
             stateful: state.is_some(),
+            commit_in_flight: false,
             state,
             restore_observer: None,
             assigned: BTreeSet::new(),
@@ -243,10 +247,9 @@ impl Engine {
         }
     }
 
-    /// `commit.overlap`: the second transactional producer (ignored with state stores, whose
-    /// commits always complete in line).
+    /// `commit.overlap`: the second transactional producer.
     pub(crate) fn set_spare(&mut self, spare: Arc<WeirProducer>) {
-        if !self.stateful && matches!(self.mode, Mode::InLine) {
+        if matches!(self.mode, Mode::InLine) {
             self.mode = Mode::Overlapped {
                 spare: Some(spare),
                 committing: None,
@@ -613,9 +616,10 @@ impl Engine {
         &mut self,
         partitions: Vec<TopicPartition>,
     ) -> Result<Vec<AssignedPartition>, RuntimeError> {
-        if self.stateful && self.txn_open {
+        if self.stateful && (self.txn_open || self.mode.committing().is_some()) {
             // A restore may take longer than the transaction timeout: commit the work of the
-            // partitions kept so far before it starts (an incremental assignment).
+            // partitions kept so far before it starts (an incremental assignment), and settle a
+            // commit in the background before recovery reads the state.
             self.commit(CommitReason::Assign).await?;
         }
         let starts = self.recover_assignment(&partitions).await?;

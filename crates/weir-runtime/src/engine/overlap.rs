@@ -1,9 +1,12 @@
-//! Overlapped commits (`commit.overlap`, stateless exactly_once): transaction n commits in the
-//! background on one producer while n+1 fills on the spare, once n's outputs are acknowledged
-//! (so that each output partition keeps its inputs' order). Commits complete in order: the one
-//! in the background is settled before anything else commits or aborts, and a failed one
-//! aborts the open transaction too (it holds work from after it). See `commit.rs` for the
-//! cycle's steps; this is the part of them that runs on the other producer.
+//! Overlapped commits (`commit.overlap`, exactly_once): transaction n commits in the
+//! background on one producer while n+1 fills on the spare, once n's outputs (its changelog
+//! records included) are acknowledged, so that each output partition keeps its inputs' order.
+//! With state stores, n's writes are prepared (durable, as a pending entry) and frozen as the
+//! state's committing layer first: n+1 reads over them, and they are applied once n commits.
+//! Commits complete in order: the one in the background is settled before anything else
+//! commits or aborts, and a failed one aborts the open transaction too (it holds work, and
+//! state, from after it). See `commit.rs` for the cycle's steps; this is the part of them that
+//! runs on the other producer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +14,9 @@ use std::time::Instant;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use weir_core::TopicPartition;
+use weir_state::TaskCommit;
 
-use super::commit::{to_commit_tpl, Mode, Offsets};
+use super::commit::{to_commit_tpl, ChangelogNext, Mode, Offsets};
 use super::Engine;
 use crate::failpoint::{failpoint, failpoint_error};
 use crate::producer::{drain, WeirProducer};
@@ -28,6 +32,10 @@ pub(crate) struct Committing {
     /// `send_offsets_to_transaction` and `commit_transaction`, on a detached thread.
     task: Detached<Result<(), Failed>>,
     offsets: Offsets,
+    /// Its tasks' state commits (prepared), applied once it committed.
+    commits: Vec<TaskCommit>,
+    /// Its changelog offsets, for the apply.
+    changelog_next: ChangelogNext,
     /// The times of its partitions, committed in the offsets' metadata.
     times: Vec<(TopicPartition, i64)>,
     records_in: u64,
@@ -48,14 +56,19 @@ impl std::fmt::Debug for Committing {
 }
 
 impl Engine {
-    /// Steps 4 and 6 of an overlapped commit, on a thread of its own, while the spare producer
-    /// becomes current. The outcome is taken up by [`settle_committing`](Self::settle_committing).
+    /// Step 5 (prepare) here, then steps 4 and 6 of an overlapped commit on a thread of its
+    /// own, while the spare producer becomes current. The outcome is taken up by
+    /// [`settle_committing`](Self::settle_committing), which applies the state (step 7).
     pub(super) async fn commit_in_background(
         &mut self,
         reason: CommitReason,
     ) -> Result<(), RuntimeError> {
+        failpoint("after_produce");
         let offsets = self.position_list();
-        let (_, marks) = self.state_commits()?;
+        let (commits, marks) = self.state_commits()?;
+        // Every output is acknowledged (drained): the changelog offsets are this transaction's.
+        let changelog_next = self.changelog_next();
+        self.prepare(&commits).await?;
         let group = self.group_metadata().await?;
         let times = self.times_of(&offsets);
         let tpl = (!offsets.is_empty()).then(|| Arc::new(to_commit_tpl(&offsets, &marks, &times)));
@@ -98,6 +111,8 @@ impl Engine {
             producer,
             task,
             offsets,
+            commits,
+            changelog_next,
             times,
             records_in: std::mem::take(&mut self.pending_in),
             records_out: std::mem::take(&mut self.pending_out),
@@ -150,7 +165,11 @@ impl Engine {
             let cause = format!(
                 "the previous transaction's commit has taken over {patience:?} (a quarter of transaction.timeout.ms)"
             );
-            Box::pin(self.abort_and_rewind("waiting for the previous commit", &cause)).await?;
+            self.commit_in_flight = true;
+            let aborted =
+                Box::pin(self.abort_and_rewind("waiting for the previous commit", &cause)).await;
+            self.commit_in_flight = false;
+            aborted?;
         }
         // The task's own calls are watched (`txn::call_blocking`): it always ends.
         let outcome = (&mut c.task).await;
@@ -169,6 +188,7 @@ impl Engine {
             self.resume_at.extend(c.offsets.iter().cloned());
             self.times_committed(c.times);
             self.publish_committed();
+            self.apply(c.commits, c.changelog_next).await?;
             self.committed(c.reason, c.started, c.records_in, c.records_out, c.offsets)
                 .await?;
             return Ok(None);
