@@ -22,10 +22,10 @@
 //! # The mode
 //!
 //! How transactions commit is one [`Mode`], which owns what only it needs: in line (each
-//! transaction commits before the next begins; always so with state stores), overlapped
-//! (`commit.overlap`, stateless exactly_once: transaction n commits in the background on one
-//! producer while n+1 fills on the spare, once n's outputs are acknowledged, so that each
-//! output partition keeps its input order; commits complete in order and a failed one aborts
+//! transaction commits before the next begins), overlapped (`commit.overlap`, exactly_once:
+//! transaction n commits in the background on one producer while n+1 fills on the spare, once
+//! n's outputs are acknowledged, so that each output partition keeps its input order, and with
+//! n's state prepared and frozen under n+1's; commits complete in order and a failed one aborts
 //! the next too), or at_least_once (no transactions: offsets commit after every output is
 //! acknowledged).
 //!
