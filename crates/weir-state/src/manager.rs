@@ -455,11 +455,23 @@ impl StateManager {
     }
 
     /// **Abort**: both uncommitted layers are dropped — the open transaction's and the
-    /// committing one's (whose commit failed, or whose outcome is Kafka's to tell). A pending
-    /// entry stays on disk: recovery decides it against Kafka's committed offsets
-    /// ([`decide_pending`](Self::decide_pending)), or the task's next prepare replaces it (the
-    /// same sequence number, since its offsets did not move).
+    /// committing one's, whose commit failed (Kafka aborted it) — and so are the committing
+    /// layer's pending entries.
     pub fn abort(&mut self) -> Result<(), StateStoreError> {
+        let mut batch = WriteBatch::default();
+        for task in self.committing.keys() {
+            batch.delete(task_key(PENDING, *task));
+            batch.delete(task_key(DELTA, *task));
+        }
+        self.db.write(batch).map_err(|e| self.rocks(&e))?;
+        self.forget()
+    }
+
+    /// Both uncommitted layers are dropped, but not the pending entries: the committing
+    /// transaction's outcome is Kafka's to tell (stopping, or replacing a producer whose call
+    /// did not return). Recovery decides them against Kafka's committed offsets
+    /// ([`decide_pending`](Self::decide_pending)), or a task's next prepare replaces its entry.
+    pub fn forget(&mut self) -> Result<(), StateStoreError> {
         self.overlays.clear();
         self.committing.clear();
         self.uncommitted_bytes = 0;
@@ -971,7 +983,8 @@ mod tests {
 
     /// Overlapped commits: transaction n is prepared and frozen, n+1 writes over it; reads and
     /// scans see n+1 over n over the database; applying n keeps n+1 open; an abort while n is
-    /// in flight drops n+1 only, and a failed n goes with its successor.
+    /// in flight drops n+1 only, a failed n goes with its successor and its pending entry, and
+    /// one whose outcome is unknown leaves its entry for recovery.
     #[test]
     fn the_open_layer_reads_over_the_committing_one_and_each_goes_its_own_way() {
         let dir = tmp();
@@ -1035,7 +1048,7 @@ mod tests {
             ],
             "n is in the database, n+1 gone"
         );
-        // A failed n: abort drops it with its successor; its pending entry stays for recovery.
+        // A failed n: abort drops it with its successor, and its pending entry.
         m.access(0).put("s", b"a", b"lost".to_vec()).unwrap();
         m.prepare(&[(0, 3, offsets(3))]).unwrap();
         m.freeze();
@@ -1043,6 +1056,14 @@ mod tests {
         m.abort().unwrap();
         assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"n".to_vec()));
         assert_eq!(m.access(0).get("s", b"b").unwrap(), Some(b"n".to_vec()));
+        assert_eq!(m.pending(0).unwrap(), None);
+        // An outcome not known (stopping): forget drops both layers, the entry stays for
+        // recovery to decide.
+        m.access(0).put("s", b"a", b"unknown".to_vec()).unwrap();
+        m.prepare(&[(0, 3, offsets(3))]).unwrap();
+        m.freeze();
+        m.forget().unwrap();
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"n".to_vec()));
         assert_eq!(m.pending(0).unwrap().map(|p| p.seq), Some(3));
         let k: Committed = [("in".to_string(), (Some(2), Some(2)))].into();
         assert_eq!(

@@ -323,6 +323,7 @@ impl Engine {
             return Ok(None);
         }
         let offsets = self.position_list();
+        self.check_forward(&offsets);
         if !changelog_sent && !self.changelog().await? {
             return Ok(None);
         }
@@ -681,6 +682,18 @@ impl Engine {
             .iter()
             .map(|(tp, o)| (tp.clone(), *o))
             .collect()
+    }
+
+    /// Debug builds (the tests): a commit never moves a partition's offset back from where
+    /// the last commit left it. Call it once the previous commit has settled.
+    pub(super) fn check_forward(&self, offsets: &Offsets) {
+        for (tp, o) in offsets {
+            debug_assert!(
+                self.resume_at.get(tp).is_none_or(|r| o >= r),
+                "committing {tp:?} at {o}, behind its committed offset {:?}",
+                self.resume_at.get(tp)
+            );
+        }
     }
 
     /// The consumer's group metadata for `send_offsets_to_transaction` (its generation fences

@@ -605,7 +605,9 @@ impl Engine {
         }
         self.txn_open = false;
         self.positions.clear();
-        if let Some(Err(e)) = self.state_blocking(StateManager::abort).await {
+        // The outcome of a commit in flight is Kafka's to tell: its pending entry stays for
+        // recovery (the next assignment's, or the next start's).
+        if let Some(Err(e)) = self.state_blocking(StateManager::forget).await {
             tracing::warn!(error = %e, "could not drop the uncommitted state while stopping; recovery rolls it back");
         }
     }

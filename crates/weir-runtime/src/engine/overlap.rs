@@ -46,6 +46,13 @@ pub(crate) struct Committing {
     began: Instant,
 }
 
+impl Committing {
+    /// The offset this commit moves `tp` to, if it has `tp`.
+    pub(super) fn offset_of(&self, tp: &TopicPartition) -> Option<i64> {
+        self.offsets.iter().find(|(p, _)| p == tp).map(|(_, o)| *o)
+    }
+}
+
 impl std::fmt::Debug for Committing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Committing")
@@ -65,6 +72,7 @@ impl Engine {
     ) -> Result<(), RuntimeError> {
         failpoint("after_produce");
         let offsets = self.position_list();
+        self.check_forward(&offsets);
         let (commits, marks) = self.state_commits()?;
         // Every output is acknowledged (drained): the changelog offsets are this transaction's.
         let changelog_next = self.changelog_next();
@@ -170,8 +178,16 @@ impl Engine {
                 Box::pin(self.abort_and_rewind("waiting for the previous commit", &cause)).await;
             self.commit_in_flight = false;
             aborted?;
+            // The task's own calls are watched (`txn::call_blocking`): it always ends.
+            let outcome = (&mut c.task).await;
+            let ended = self.committing_ended(c, outcome).await?;
+            if ended.is_none() {
+                // It committed: the replay starts after it, at its times (the rewind above
+                // went back to the times before it).
+                self.times_rewound();
+            }
+            return Ok(ended);
         }
-        // The task's own calls are watched (`txn::call_blocking`): it always ends.
         let outcome = (&mut c.task).await;
         self.committing_ended(c, outcome).await
     }

@@ -219,11 +219,21 @@ impl Engine {
             match self.tallied(result, tally) {
                 Ok(()) => {
                     // The task commits its offsets again (unmoved), with the state commit's
-                    // next sequence number.
-                    for tp in self.assigned.iter().filter(|tp| tp.partition == task) {
-                        if let Some(at) = self.resume_at.get(tp) {
-                            self.positions.entry(tp.clone()).or_insert(*at);
-                        }
+                    // next sequence number: where a commit still in the background moves
+                    // them, or where they were last committed.
+                    let unmoved: Vec<(TopicPartition, i64)> = self
+                        .assigned
+                        .iter()
+                        .filter(|tp| tp.partition == task)
+                        .filter_map(|tp| {
+                            let committing = self.mode.committing().and_then(|c| c.offset_of(tp));
+                            committing
+                                .or_else(|| self.resume_at.get(tp).copied())
+                                .map(|at| (tp.clone(), at))
+                        })
+                        .collect();
+                    for (tp, at) in unmoved {
+                        self.positions.entry(tp).or_insert(at);
                     }
                     let Some(produced) = self.produce().await? else {
                         return Ok(());
