@@ -244,15 +244,7 @@ fn a_failed_overlapped_commit_drops_the_state_of_both_transactions() {
     );
     t.wait_done(&t.ends());
     assert!(totals.terminate(Duration::from_secs(30)).success());
-    let log = t.last_log();
-    assert!(
-        log.contains("failpoint background_commit reached"),
-        "the failpoint was never reached: nothing tested\n{log}"
-    );
-    assert!(
-        log.contains("transaction aborted"),
-        "the failed commit did not abort: nothing tested\n{log}"
-    );
+    assert_background_commit_failed(&t.last_log());
     t.verify_with(Some(live));
 }
 

@@ -75,6 +75,19 @@ pub fn numbered(partitions: i32, per_partition: usize) -> Vec<TestRecord> {
         .collect()
 }
 
+/// A run's log shows that `WEIR_FAILPOINT_ERROR=background_commit:N` was reached and that the
+/// failed background commit aborted: otherwise the test tested nothing.
+pub fn assert_background_commit_failed(log: &str) {
+    assert!(
+        log.contains("failpoint background_commit reached"),
+        "the failpoint was never reached: nothing tested\n{log}"
+    );
+    assert!(
+        log.contains("transaction aborted"),
+        "the failed commit did not abort: nothing tested\n{log}"
+    );
+}
+
 /// `n` records over `keys` accounts; account k always goes to partition k % partitions.
 pub fn payments(n: usize, keys: usize, partitions: i32, seed: u64) -> Vec<TestRecord> {
     use rand::{Rng, SeedableRng};

@@ -412,34 +412,12 @@ impl LocalCluster {
     /// Waits until every partition of every topic (internal ones included) has its full
     /// replica set in sync — no under-replicated partitions left.
     pub fn wait_in_sync(&self, timeout: Duration) -> Result<(), StartError> {
-        use rdkafka::consumer::Consumer;
-        let client = self.metadata_client("3")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let lagging: Vec<String> = match client.fetch_metadata(None, Duration::from_secs(5)) {
-                Ok(md) => md
-                    .topics()
-                    .iter()
-                    .flat_map(|t| {
-                        t.partitions()
-                            .iter()
-                            .filter(|p| p.isr().len() < p.replicas().len())
-                            .map(move |p| format!("{}-{}", t.name(), p.id()))
-                    })
-                    .collect(),
-                Err(e) => vec![format!("metadata: {e}")],
-            };
-            if lagging.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(StartError::Local {
-                    what: format!("partitions still under-replicated after {timeout:?}"),
-                    detail: lagging.join(", "),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        self.wait_partitions(timeout, |p| p.isr().len() < p.replicas().len())
+            .map(drop)
+            .map_err(|detail| StartError::Local {
+                what: format!("partitions still under-replicated after {timeout:?}"),
+                detail,
+            })
     }
 
     /// Waits until the cluster can take writes again after an outage: every partition of every
@@ -449,8 +427,6 @@ impl LocalCluster {
     /// long that takes after a node returns is Kafka's business, and a test of how fast weir
     /// resumes counts from here. Returns how long it waited.
     pub fn wait_writable(&self, timeout: Duration) -> Result<Duration, StartError> {
-        use rdkafka::consumer::Consumer;
-        let started = Instant::now();
         let min_isr = min_isr(self.nodes.len());
         let running: Vec<i32> = self
             .nodes
@@ -458,40 +434,52 @@ impl LocalCluster {
             .filter(|n| n.process.is_some())
             .map(|n| n.id as i32)
             .collect();
-        let client = self.metadata_client("3")?;
+        self.wait_partitions(timeout, |p| {
+            !running.contains(&p.leader()) || p.isr().len() < min_isr
+        })
+        .map_err(|detail| StartError::Local {
+            what: format!(
+                "the cluster could not take writes {timeout:?} after the outage \
+                 (running nodes {running:?})"
+            ),
+            detail,
+        })
+    }
+
+    /// Polls the metadata of every topic until no partition is `blocked`; returns how long
+    /// that took, or, past `timeout`, the blocked partitions (leader and ISR of each).
+    fn wait_partitions(
+        &self,
+        timeout: Duration,
+        blocked: impl Fn(&rdkafka::metadata::MetadataPartition) -> bool,
+    ) -> Result<Duration, String> {
+        use rdkafka::consumer::Consumer;
+        let started = Instant::now();
+        let client = self.metadata_client("3").map_err(|e| e.to_string())?;
         loop {
-            let blocked: Vec<String> = match client.fetch_metadata(None, Duration::from_secs(5)) {
+            let left: Vec<String> = match client.fetch_metadata(None, Duration::from_secs(5)) {
                 Ok(md) => md
                     .topics()
                     .iter()
                     .flat_map(|t| {
-                        t.partitions()
-                            .iter()
-                            .filter(|p| !running.contains(&p.leader()) || p.isr().len() < min_isr)
-                            .map(move |p| {
-                                format!(
-                                    "{}-{} (leader {}, isr {:?})",
-                                    t.name(),
-                                    p.id(),
-                                    p.leader(),
-                                    p.isr()
-                                )
-                            })
+                        t.partitions().iter().filter(|p| blocked(p)).map(move |p| {
+                            format!(
+                                "{}-{} (leader {}, isr {:?})",
+                                t.name(),
+                                p.id(),
+                                p.leader(),
+                                p.isr()
+                            )
+                        })
                     })
                     .collect(),
                 Err(e) => vec![format!("metadata: {e}")],
             };
-            if blocked.is_empty() {
+            if left.is_empty() {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                return Err(StartError::Local {
-                    what: format!(
-                        "the cluster could not take writes {timeout:?} after the outage \
-                         (running nodes {running:?})"
-                    ),
-                    detail: blocked.join(", "),
-                });
+                return Err(left.join(", "));
             }
             std::thread::sleep(Duration::from_millis(500));
         }

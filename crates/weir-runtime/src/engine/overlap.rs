@@ -162,6 +162,7 @@ impl Engine {
             return Ok(None);
         };
         let patience = self.config.transaction_timeout / 4;
+        let mut rewound = false;
         if self.txn_open && !c.task.is_finished() {
             // The open transaction must not outlive its timeout while this one is slow (a
             // coordinator moving during a broker failure): the broker would abort it and bump
@@ -178,18 +179,17 @@ impl Engine {
                 Box::pin(self.abort_and_rewind("waiting for the previous commit", &cause)).await;
             self.commit_in_flight = false;
             aborted?;
-            // The task's own calls are watched (`txn::call_blocking`): it always ends.
-            let outcome = (&mut c.task).await;
-            let ended = self.committing_ended(c, outcome).await?;
-            if ended.is_none() {
-                // It committed: the replay starts after it, at its times (the rewind above
-                // went back to the times before it).
-                self.times_rewound();
-            }
-            return Ok(ended);
+            rewound = true;
         }
+        // The task's own calls are watched (`txn::call_blocking`): it always ends.
         let outcome = (&mut c.task).await;
-        self.committing_ended(c, outcome).await
+        let ended = self.committing_ended(c, outcome).await?;
+        if rewound && ended.is_none() {
+            // It committed: the replay starts after it, at its times (the rewind above went
+            // back to the times before it).
+            self.times_rewound();
+        }
+        Ok(ended)
     }
 
     /// The end of [`await_committing`](Self::await_committing), once the background commit
