@@ -165,6 +165,10 @@ struct Args {
     /// Leave Kafka Streams out (no Java/Maven needed).
     #[arg(long)]
     skip_kstreams: bool,
+    /// A weir setting for every weir contender (repeatable), e.g. `state.cache.max.bytes=0`:
+    /// passed on as `--set KEY=VALUE`, to compare a setting against its default.
+    #[arg(long = "weir-set", value_name = "KEY=VALUE")]
+    weir_set: Vec<String>,
     /// Where the JSON results go.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -583,6 +587,7 @@ fn main() -> anyhow::Result<()> {
                     broker_pids: &broker_pids,
                     kstreams: kstreams.as_deref(),
                     threads: args.kstreams_threads,
+                    weir_set: &args.weir_set,
                     partitions: args.partitions,
                     contender,
                     interval,
@@ -922,6 +927,8 @@ struct Launcher<'a> {
     interval: u64,
     /// The windows contenders' window size and grace, ms.
     window: (i64, i64),
+    /// `--weir-set`: settings for every weir contender.
+    weir_set: &'a [String],
 }
 
 impl Launcher<'_> {
@@ -992,6 +999,9 @@ impl Launcher<'_> {
                     Contender::WeirEosInline | Contender::WeirTotalsInline
                 ) {
                     c.args(["--set", "commit.overlap=false"]);
+                }
+                for set in self.weir_set {
+                    c.args(["--set", set]);
                 }
                 if self.contender == Contender::WeirWindows {
                     c.args(["--window-ms", &self.window.0.to_string()])

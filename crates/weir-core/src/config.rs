@@ -213,6 +213,15 @@ pub struct Config {
     )]
     pub state_max_uncommitted_bytes: usize,
 
+    /// `state.cache.max.bytes`: a cache of committed store entries in memory (keys, values and
+    /// about 64 bytes each), so that a key read again soon after its last commit does not go to
+    /// RocksDB. Per instance; 0 turns it off. Default 32 MiB.
+    #[serde(
+        rename = "state.cache.max.bytes",
+        default = "defaults::state_cache_max_bytes"
+    )]
+    pub state_cache_max_bytes: usize,
+
     /// `metrics.address`: serve Prometheus metrics at `http://{address}/metrics`, e.g.
     /// `"0.0.0.0:9464"` (an IP address and port). Default: not served (the metrics are still
     /// recorded into any `metrics` recorder the program installs itself). Consumer lag per
@@ -257,6 +266,9 @@ mod defaults {
     }
     pub(super) fn state_max_uncommitted_bytes() -> usize {
         64 << 20
+    }
+    pub(super) fn state_cache_max_bytes() -> usize {
+        32 << 20
     }
     pub(super) fn processing_retries() -> u32 {
         3

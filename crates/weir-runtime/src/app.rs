@@ -340,7 +340,8 @@ async fn open_state(
             .filter(|s| s.changelog)
             .map(|s| weir_state::changelog_topic(&config.application_id, &s.name))
             .collect();
-        let (state, moved) = weir_state::StateManager::open(&path, stores)?;
+        let (mut state, moved) = weir_state::StateManager::open(&path, stores)?;
+        state.set_cache_max_bytes(config.state_cache_max_bytes);
         if let Some(aside) = moved {
             tracing::warn!(aside = %aside.display(), "the corrupt state directory was moved aside; every task restores from its changelog");
         }

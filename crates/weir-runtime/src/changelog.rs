@@ -74,7 +74,7 @@ pub(crate) fn ensure_changelogs(
 /// stable offset if another producer's transaction is still open there. Blocking.
 pub(crate) fn restore(
     config: &Config,
-    state: &StateManager,
+    state: &mut StateManager,
     store: &str,
     task: i32,
     from: Option<i64>,

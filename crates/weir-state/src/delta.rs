@@ -3,9 +3,12 @@
 //! is a put and 0 a delete.
 
 /// One change: store, key, and the new value (`None`: deleted).
-pub(crate) type Change = (String, Vec<u8>, Option<Vec<u8>>);
+pub(crate) type Change<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
 
-pub(crate) fn encode(changes: &[Change]) -> Vec<u8> {
+/// A decoded change.
+pub(crate) type OwnedChange = (String, Vec<u8>, Option<Vec<u8>>);
+
+pub(crate) fn encode<'a>(changes: impl Iterator<Item = Change<'a>>) -> Vec<u8> {
     let mut out = Vec::new();
     for (store, key, value) in changes {
         out.push(store.len() as u8);
@@ -24,7 +27,7 @@ pub(crate) fn encode(changes: &[Change]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode(mut bytes: &[u8]) -> Option<Vec<Change>> {
+pub(crate) fn decode(mut bytes: &[u8]) -> Option<Vec<OwnedChange>> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if bytes.len() < n {
             return None;
@@ -68,7 +71,11 @@ mod tests {
             ("totals".to_string(), b"".to_vec(), None),
             ("s".to_string(), vec![0, 255], Some(vec![])),
         ];
-        let bytes = super::encode(&changes);
+        let bytes = super::encode(
+            changes
+                .iter()
+                .map(|(s, k, v)| (s.as_str(), k.as_slice(), v.as_deref())),
+        );
         assert_eq!(super::decode(&bytes), Some(changes));
         assert_eq!(super::decode(&bytes[..bytes.len() - 1]), None);
     }

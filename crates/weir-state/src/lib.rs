@@ -28,6 +28,7 @@
 //! its offsets), back otherwise. Then `R == K` resumes as is; `R < K` restores from the
 //! changelog; `R > K` is an error.
 
+mod cache;
 mod delta;
 mod manager;
 pub mod marks;

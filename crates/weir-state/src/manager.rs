@@ -8,6 +8,7 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use weir_core::{StateAccess, StateError, StoreSpec};
 
+use crate::cache::ReadCache;
 use crate::delta::{self, Change};
 use crate::Standing;
 
@@ -173,8 +174,6 @@ fn data_key(task: i32, store: &str, key: &[u8]) -> Vec<u8> {
     k
 }
 
-type OverlayKey = (String, Vec<u8>);
-
 /// A task's part of a commit: task, sequence number, target offsets per input topic.
 pub type TaskCommit = (i32, u64, BTreeMap<String, i64>);
 
@@ -182,21 +181,24 @@ pub type TaskCommit = (i32, u64, BTreeMap<String, i64>);
 /// metadata (`K` in DESIGN.md).
 pub type Committed = BTreeMap<String, (Option<i64>, Option<u64>)>;
 
-/// A task's uncommitted writes: per (store, key) the new value, `None` for a delete.
-type Overlay = BTreeMap<OverlayKey, Option<Vec<u8>>>;
+/// A task's uncommitted writes: per store, per key the new value, `None` for a delete.
+type Overlay = BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
 /// RocksDB state of one application instance, with two uncommitted layers per task: the open
 /// transaction's writes, and the writes of the transaction that is committing (prepared, and
 /// frozen with [`freeze`](StateManager::freeze), until [`apply`](StateManager::apply) writes
 /// them or [`abort`](StateManager::abort) drops them). Reads see the open layer, then the
-/// committing one, then the database. With overlapped commits the second is in Kafka's hands
-/// while the next transaction fills the first; in line it lasts from prepare to apply.
+/// committing one, then the database — through a bounded cache of committed values, written
+/// through by [`apply`](StateManager::apply). With overlapped commits the second layer is in
+/// Kafka's hands while the next transaction fills the first; in line it lasts from prepare to
+/// apply.
 pub struct StateManager {
     db: DB,
     path: PathBuf,
     stores: BTreeMap<String, StoreSpec>,
     overlays: BTreeMap<i32, Overlay>,
     committing: BTreeMap<i32, Overlay>,
+    cache: ReadCache,
     uncommitted_bytes: usize,
 }
 
@@ -283,6 +285,7 @@ impl StateManager {
                 stores: stores.into_iter().map(|s| (s.name.clone(), s)).collect(),
                 overlays: BTreeMap::new(),
                 committing: BTreeMap::new(),
+                cache: ReadCache::new(0),
                 uncommitted_bytes: 0,
             },
             moved,
@@ -308,6 +311,12 @@ impl StateManager {
         }
     }
 
+    /// Sets the budget of the cache of committed values (`state.cache.max.bytes`; 0, the
+    /// default: no cache), emptying it.
+    pub fn set_cache_max_bytes(&mut self, max_bytes: usize) {
+        self.cache = ReadCache::new(max_bytes);
+    }
+
     /// The declared stores.
     pub fn stores(&self) -> impl Iterator<Item = &StoreSpec> {
         self.stores.values()
@@ -331,9 +340,11 @@ impl StateManager {
     /// with a changelog — the final value of each key in this transaction, not every update.
     pub fn for_each_changelog_write(&self, mut f: impl FnMut(&str, i32, &[u8], Option<&[u8]>)) {
         for (task, overlay) in &self.overlays {
-            for ((store, key), value) in overlay {
+            for (store, entries) in overlay {
                 if self.stores.get(store).is_some_and(|s| s.changelog) {
-                    f(store, *task, key, value.as_deref());
+                    for (key, value) in entries {
+                        f(store, *task, key, value.as_deref());
+                    }
                 }
             }
         }
@@ -373,15 +384,17 @@ impl StateManager {
         self.read_json(&task_key(PENDING, task), task, "pending entry")
     }
 
-    fn changes(layer: &BTreeMap<i32, Overlay>, task: i32) -> Vec<Change> {
+    /// Every change of `task` in `layer`, in (store, key) order.
+    fn changes(layer: &BTreeMap<i32, Overlay>, task: i32) -> impl Iterator<Item = Change<'_>> {
         layer
             .get(&task)
-            .map(|o| {
-                o.iter()
-                    .map(|((s, k), v)| (s.clone(), k.clone(), v.clone()))
-                    .collect()
+            .into_iter()
+            .flatten()
+            .flat_map(|(store, entries)| {
+                entries
+                    .iter()
+                    .map(move |(k, v)| (store.as_str(), k.as_slice(), v.as_deref()))
             })
-            .unwrap_or_default()
     }
 
     /// **Prepare** (step b): one synced, atomic write of every committing task's delta (the
@@ -400,7 +413,7 @@ impl StateManager {
             );
             batch.put(
                 task_key(DELTA, *task),
-                delta::encode(&Self::changes(&self.overlays, *task)),
+                delta::encode(Self::changes(&self.overlays, *task)),
             );
         }
         let mut sync = WriteOptions::default();
@@ -431,7 +444,6 @@ impl StateManager {
     ) -> Result<(), StateStoreError> {
         let mut batch = WriteBatch::default();
         for (task, seq, offsets) in commits {
-            let changes = Self::changes(&self.committing, *task);
             let mut meta = self.meta(*task)?.unwrap_or_default();
             meta.offsets
                 .extend(offsets.iter().map(|(t, o)| (t.clone(), *o)));
@@ -441,7 +453,7 @@ impl StateManager {
                     meta.changelog.insert(store.clone(), *next);
                 }
             }
-            write_changes(&mut batch, *task, &changes);
+            write_changes(&mut batch, *task, Self::changes(&self.committing, *task));
             batch.put(
                 task_key(META, *task),
                 serde_json::to_vec(&meta).expect("serializable"),
@@ -450,7 +462,14 @@ impl StateManager {
             batch.delete(task_key(DELTA, *task));
         }
         self.db.write(batch).map_err(|e| self.rocks(&e))?;
-        self.committing.clear();
+        // What the database now holds, the cache holds too (written through, moved not copied).
+        for (task, overlay) in std::mem::take(&mut self.committing) {
+            for (store, entries) in overlay {
+                for (key, value) in entries {
+                    self.cache.insert(task, &store, key, value);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -509,6 +528,9 @@ impl StateManager {
     ) -> Result<bool, StateStoreError> {
         self.overlays.remove(&task);
         self.committing.remove(&task);
+        // A task is (re)assigned: whatever happened to its state elsewhere, the cache does not
+        // know it.
+        self.cache.clear();
         let mut rolled_forward = false;
         if let Some(pending) = self.pending(task)? {
             let decided = crate::pending_decided(&pending, |t| {
@@ -533,7 +555,13 @@ impl StateManager {
                 meta.seq = pending.seq;
                 // The changelog offsets are not known here; a later restore re-reads from the
                 // previous ones, which is idempotent.
-                write_changes(&mut batch, task, &changes);
+                write_changes(
+                    &mut batch,
+                    task,
+                    changes
+                        .iter()
+                        .map(|(s, k, v)| (s.as_str(), k.as_slice(), v.as_deref())),
+                );
                 batch.put(
                     task_key(META, task),
                     serde_json::to_vec(&meta).expect("serializable"),
@@ -612,7 +640,8 @@ impl StateManager {
     }
 
     /// Deletes every entry of `task` in `store` (before a restore from the beginning).
-    pub fn wipe(&self, task: i32, store: &str) -> Result<(), StateStoreError> {
+    pub fn wipe(&mut self, task: i32, store: &str) -> Result<(), StateStoreError> {
+        self.cache.clear();
         let prefix = data_prefix(task, store);
         let end = weir_core::state::prefix_end(&prefix).expect("non-empty prefix");
         let mut batch = WriteBatch::default();
@@ -634,6 +663,7 @@ impl StateManager {
         }
         self.overlays.remove(&task);
         self.committing.remove(&task);
+        self.cache.clear();
         let mut batch = WriteBatch::default();
         let (start, end) = (task_key(DATA, task), task_key(DATA, task + 1));
         batch.delete_range(&start, &end);
@@ -663,12 +693,13 @@ impl StateManager {
     /// resumes there instead of starting over. `R` (the input offsets) is untouched until
     /// [`finish_restore`](Self::finish_restore): a partly restored task stays "behind".
     pub fn restore_batch(
-        &self,
+        &mut self,
         task: i32,
         store: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         next: i64,
     ) -> Result<(), StateStoreError> {
+        self.cache.clear();
         let mut batch = WriteBatch::default();
         for (k, v) in records {
             match v {
@@ -731,11 +762,24 @@ impl StateManager {
     }
 }
 
-fn write_changes(batch: &mut WriteBatch, task: i32, changes: &[Change]) {
+fn write_changes<'a>(batch: &mut WriteBatch, task: i32, changes: impl Iterator<Item = Change<'a>>) {
+    // One buffer for every key: the store's prefix, then the key.
+    let mut k = Vec::new();
+    let mut prefix: Option<(&str, usize)> = None;
     for (store, key, value) in changes {
+        let len = match prefix {
+            Some((s, len)) if s == store => len,
+            _ => {
+                k = data_prefix(task, store);
+                prefix = Some((store, k.len()));
+                k.len()
+            }
+        };
+        k.truncate(len);
+        k.extend_from_slice(key);
         match value {
-            Some(v) => batch.put(data_key(task, store, key), v),
-            None => batch.delete(data_key(task, store, key)),
+            Some(v) => batch.put(&k, v),
+            None => batch.delete(&k),
         }
     }
 }
@@ -766,11 +810,17 @@ impl TaskAccess<'_> {
     fn write(&mut self, store: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StateError> {
         self.check(store)?;
         self.manager.uncommitted_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-        self.manager
-            .overlays
-            .entry(self.task)
-            .or_default()
-            .insert((store.to_string(), key.to_vec()), value);
+        let entries = self.manager.overlays.entry(self.task).or_default();
+        let entries = match entries.get_mut(store) {
+            Some(entries) => entries,
+            None => entries.entry(store.to_string()).or_default(),
+        };
+        match entries.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                entries.insert(key.to_vec(), value);
+            }
+        }
         Ok(())
     }
 }
@@ -778,16 +828,27 @@ impl TaskAccess<'_> {
 impl StateAccess for TaskAccess<'_> {
     fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.check(store)?;
-        let k = (store.to_string(), key.to_vec());
         for layer in [&self.manager.overlays, &self.manager.committing] {
-            if let Some(v) = layer.get(&self.task).and_then(|o| o.get(&k)) {
+            if let Some(v) = layer
+                .get(&self.task)
+                .and_then(|o| o.get(store))
+                .and_then(|entries| entries.get(key))
+            {
                 return Ok(v.clone());
             }
         }
-        self.manager
+        if let Some(v) = self.manager.cache.get(self.task, store, key) {
+            return Ok(v);
+        }
+        let v = self
+            .manager
             .db
             .get(data_key(self.task, store, key))
-            .map_err(|e| StateError::Storage(self.manager.rocks(&e).to_string()))
+            .map_err(|e| StateError::Storage(self.manager.rocks(&e).to_string()))?;
+        self.manager
+            .cache
+            .insert(self.task, store, key.to_vec(), v.clone());
+        Ok(v)
     }
 
     fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) -> Result<(), StateError> {
@@ -842,16 +903,32 @@ impl StateAccess for TaskAccess<'_> {
         }
         // The committing layer over the database, the open one over both.
         for layer in [&self.manager.committing, &self.manager.overlays] {
-            for ((s, k), v) in layer.get(&self.task).into_iter().flatten() {
-                if s == store && in_range(k) {
-                    match v {
-                        Some(v) => merged.insert(k.clone(), v.clone()),
-                        None => merged.remove(k),
-                    };
-                }
+            let entries = layer
+                .get(&self.task)
+                .and_then(|o| o.get(store))
+                .filter(|_| !empty_range(from, to));
+            for (k, v) in entries
+                .into_iter()
+                .flat_map(|e| e.range::<[u8], _>((from, to)))
+            {
+                match v {
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
+                };
             }
         }
         Ok(merged.into_iter().collect())
+    }
+}
+
+/// Whether no key lies between the bounds (`BTreeMap::range` panics on such bounds).
+fn empty_range(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
+    match (from, to) {
+        (Bound::Included(f), Bound::Included(t)) => f > t,
+        (Bound::Included(f) | Bound::Excluded(f), Bound::Included(t) | Bound::Excluded(t)) => {
+            f >= t
+        }
+        _ => false,
     }
 }
 
@@ -867,10 +944,13 @@ fn in_range_upper(k: &[u8], to: Bound<&[u8]>) -> bool {
 mod tests {
     use super::*;
 
+    /// A manager with a read cache, as the runtime opens it.
     fn open(dir: &Path) -> StateManager {
-        StateManager::open(dir, vec![StoreSpec::new("s")])
+        let mut m = StateManager::open(dir, vec![StoreSpec::new("s")])
             .unwrap()
-            .0
+            .0;
+        m.set_cache_max_bytes(1 << 20);
+        m
     }
 
     fn tmp() -> PathBuf {
@@ -1077,6 +1157,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The read cache holds what apply wrote and what reads found; every other way into the
+    /// database's entries (a rolled-forward pending entry, a restore, a wipe, a reset) empties it.
+    #[test]
+    fn writes_around_the_read_cache_are_seen_by_the_next_read() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        let read = |m: &mut StateManager| m.access(0).get("s", b"a").unwrap();
+        m.access(0).put("s", b"a", b"1".to_vec()).unwrap();
+        m.freeze();
+        m.apply(&[(0, 1, offsets(1))], &BTreeMap::new()).unwrap();
+        assert_eq!(read(&mut m), Some(b"1".to_vec()), "written through");
+        // A pending entry that recovery rolls forward.
+        m.access(0).put("s", b"a", b"2".to_vec()).unwrap();
+        m.prepare(&[(0, 2, offsets(2))]).unwrap();
+        m.freeze();
+        m.forget().unwrap();
+        assert_eq!(read(&mut m), Some(b"1".to_vec()), "not yet decided");
+        let k: Committed = [("in".to_string(), (Some(2), Some(2)))].into();
+        m.recover(0, &k).unwrap();
+        assert_eq!(read(&mut m), Some(b"2".to_vec()), "rolled forward");
+        // A restore batch.
+        m.restore_batch(0, "s", &[(b"a".to_vec(), Some(b"3".to_vec()))], 10)
+            .unwrap();
+        assert_eq!(read(&mut m), Some(b"3".to_vec()), "restored");
+        // A wipe.
+        m.wipe(0, "s").unwrap();
+        assert_eq!(read(&mut m), None, "wiped");
+        // A key read as absent, then restored, then a reset.
+        m.restore_batch(0, "s", &[(b"a".to_vec(), Some(b"4".to_vec()))], 11)
+            .unwrap();
+        assert_eq!(read(&mut m), Some(b"4".to_vec()), "restored after a miss");
+        m.reset_task(0, 7, offsets(0)).unwrap();
+        assert_eq!(read(&mut m), None, "reset");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn recovery_rolls_forward_only_what_kafka_committed() {
         let dir = tmp();
@@ -1117,7 +1233,7 @@ mod tests {
     #[test]
     fn an_interrupted_restore_resumes_after_its_last_batch_and_stays_behind_until_finished() {
         let dir = tmp();
-        let m = open(&dir);
+        let mut m = open(&dir);
         let k: BTreeMap<_, _> = [("in".to_string(), (Some(100), Some(7)))].into();
         assert_eq!(
             m.compare(0, &k, false).unwrap(),

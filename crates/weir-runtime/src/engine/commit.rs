@@ -367,20 +367,26 @@ impl Engine {
             return Ok(true);
         };
         let app = &self.config.application_id;
-        let mut records = Vec::new();
+        let outputs = &mut self.outputs;
+        let before = outputs.len();
+        // The writes come store by store: the topic's name is made once per store.
+        let mut topic: Option<(String, String)> = None;
         state.for_each_changelog_write(|store, task, key, value| {
-            records.push(Output {
-                topic: Some(changelog_topic(app, store)),
+            let name = match &topic {
+                Some((s, name)) if s == store => name.clone(),
+                _ => topic.insert((store.to_string(), changelog_topic(app, store))).1.clone(),
+            };
+            outputs.push(Output {
+                topic: Some(name),
                 partition: Some(task),
                 key: Some(Bytes::copy_from_slice(key)),
                 value: value.map(Bytes::copy_from_slice),
                 ..Output::default()
             });
         });
-        if records.is_empty() {
+        if outputs.len() == before {
             return Ok(true);
         }
-        self.outputs.extend(records);
         Ok(self.produce().await?.is_some())
     }
 
