@@ -341,7 +341,7 @@ async fn open_state(
             .map(|s| weir_state::changelog_topic(&config.application_id, &s.name))
             .collect();
         let (mut state, moved) = weir_state::StateManager::open(&path, stores)?;
-        state.set_cache_max_bytes(config.state_cache_max_bytes);
+        state.set_cache_max_bytes(config.state_cache_max_bytes)?;
         if let Some(aside) = moved {
             tracing::warn!(aside = %aside.display(), "the corrupt state directory was moved aside; every task restores from its changelog");
         }

@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -184,6 +186,22 @@ pub type Committed = BTreeMap<String, (Option<i64>, Option<u64>)>;
 /// A task's uncommitted writes: per store, per key the new value, `None` for a delete.
 type Overlay = BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
+/// A transaction's writes, per task.
+type Layer = BTreeMap<i32, Overlay>;
+
+/// A committed transaction's writes on their way into the database: a thread builds the
+/// `WriteBatch` from the layer and writes it. Until then the layer is read like the other two,
+/// and `metas` are the task metadata the write puts; once it is done the layer moves into the
+/// read cache.
+struct Applying {
+    layer: Arc<Layer>,
+    metas: BTreeMap<i32, TaskMeta>,
+    thread: Option<JoinHandle<Result<(), rocksdb::Error>>>,
+    /// The write's error, once the thread is joined: the layer stays readable until a writer
+    /// reports it.
+    failed: Option<String>,
+}
+
 /// RocksDB state of one application instance, with two uncommitted layers per task: the open
 /// transaction's writes, and the writes of the transaction that is committing (prepared, and
 /// frozen with [`freeze`](StateManager::freeze), until [`apply`](StateManager::apply) writes
@@ -191,15 +209,30 @@ type Overlay = BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 /// committing one, then the database — through a bounded cache of committed values, written
 /// through by [`apply`](StateManager::apply). With overlapped commits the second layer is in
 /// Kafka's hands while the next transaction fills the first; in line it lasts from prepare to
-/// apply.
+/// apply. A committed transaction's layer is written on a thread of its own, and read as a
+/// third layer until the write is done (see [`apply`](StateManager::apply)).
 pub struct StateManager {
-    db: DB,
+    db: Arc<DB>,
     path: PathBuf,
     stores: BTreeMap<String, StoreSpec>,
     overlays: BTreeMap<i32, Overlay>,
-    committing: BTreeMap<i32, Overlay>,
+    committing: Layer,
+    applying: Option<Applying>,
     cache: ReadCache,
     uncommitted_bytes: usize,
+    /// Tests hold the next applying write until they send on this channel's sender.
+    #[cfg(test)]
+    hold_apply: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Drop for StateManager {
+    fn drop(&mut self) {
+        // The write of a committed transaction finishes, and the database closes, before the
+        // manager is gone (a new one may open the same directory next).
+        if let Some(thread) = self.applying.as_mut().and_then(|a| a.thread.take()) {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for StateManager {
@@ -280,12 +313,15 @@ impl StateManager {
         };
         Ok((
             Self {
-                db,
+                db: Arc::new(db),
                 path: path.to_path_buf(),
                 stores: stores.into_iter().map(|s| (s.name.clone(), s)).collect(),
                 overlays: BTreeMap::new(),
                 committing: BTreeMap::new(),
+                applying: None,
                 cache: ReadCache::new(0),
+                #[cfg(test)]
+                hold_apply: None,
                 uncommitted_bytes: 0,
             },
             moved,
@@ -293,15 +329,26 @@ impl StateManager {
     }
 
     fn rocks(&self, e: &rocksdb::Error) -> StateStoreError {
+        StateStoreError::Rocks {
+            path: self.path.clone(),
+            message: self.rocks_message(e),
+        }
+    }
+
+    fn rocks_message(&self, e: &rocksdb::Error) -> String {
         let mut message = e.to_string();
         if e.kind() == rocksdb::ErrorKind::Corruption {
             self.mark_damaged(&message);
             message.push_str(MOVED_AT_NEXT_START);
         }
-        StateStoreError::Rocks {
-            path: self.path.clone(),
-            message,
-        }
+        message
+    }
+
+    /// Clears the read cache (after settling: the applying layer goes into the cache first).
+    fn clear_cache(&mut self) -> Result<(), StateStoreError> {
+        self.settle()?;
+        self.cache.clear();
+        Ok(())
     }
 
     /// Leaves the marker that makes the next [`open`](Self::open) move this directory aside.
@@ -313,8 +360,62 @@ impl StateManager {
 
     /// Sets the budget of the cache of committed values (`state.cache.max.bytes`; 0, the
     /// default: no cache), emptying it.
-    pub fn set_cache_max_bytes(&mut self, max_bytes: usize) {
+    pub fn set_cache_max_bytes(&mut self, max_bytes: usize) -> Result<(), StateStoreError> {
+        self.settle()?;
         self.cache = ReadCache::new(max_bytes);
+        Ok(())
+    }
+
+    /// Waits for the applying write, if one is under way. Every
+    /// method that writes the database (or reads what the write changes) settles first, so the
+    /// writes keep their order. An error of the write is reported here.
+    fn settle(&mut self) -> Result<(), StateStoreError> {
+        self.join_applying(true);
+        match self.applying.take() {
+            Some(Applying {
+                failed: Some(why), ..
+            }) => Err(StateStoreError::Rocks {
+                path: self.path.clone(),
+                message: format!("writing a committed transaction's state: {why}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Joins the applying thread if it is done (`wait`: or waits for it). A successful write's
+    /// layer moves into the read cache; a failed one's stays readable, with its error, for
+    /// [`settle`](Self::settle) to report.
+    fn join_applying(&mut self, wait: bool) {
+        let Some(thread) = self
+            .applying
+            .as_mut()
+            .and_then(|a| a.thread.take_if(|t| wait || t.is_finished()))
+        else {
+            return;
+        };
+        let failed = match thread.join() {
+            Ok(result) => result.err().map(|e| self.rocks_message(&e)),
+            Err(_) => Some("the thread writing it panicked".to_string()),
+        };
+        match (failed, self.applying.take()) {
+            (None, Some(applying)) => {
+                // What the database now holds, the cache holds too (moved: the thread is gone
+                // with its reference).
+                let layer = Arc::try_unwrap(applying.layer).unwrap_or_else(|l| (*l).clone());
+                for (task, overlay) in layer {
+                    for (store, entries) in overlay {
+                        for (key, value) in entries {
+                            self.cache.insert(task, &store, key, value);
+                        }
+                    }
+                }
+            }
+            (Some(why), Some(mut applying)) => {
+                applying.failed = Some(why);
+                self.applying = Some(applying);
+            }
+            (_, None) => {}
+        }
     }
 
     /// The declared stores.
@@ -376,16 +477,26 @@ impl StateManager {
 
     /// The offsets stored with `task`'s state (`R`), if any.
     pub fn meta(&self, task: i32) -> Result<Option<TaskMeta>, StateStoreError> {
+        if let Some(meta) = self.applying.as_ref().and_then(|a| a.metas.get(&task)) {
+            return Ok(Some(meta.clone()));
+        }
         self.read_json(&task_key(META, task), task, "offsets")
     }
 
     /// `task`'s prepared commit, if one was not applied.
     pub fn pending(&self, task: i32) -> Result<Option<Pending>, StateStoreError> {
+        if self
+            .applying
+            .as_ref()
+            .is_some_and(|a| a.metas.contains_key(&task))
+        {
+            return Ok(None); // the applying write deletes it
+        }
         self.read_json(&task_key(PENDING, task), task, "pending entry")
     }
 
     /// Every change of `task` in `layer`, in (store, key) order.
-    fn changes(layer: &BTreeMap<i32, Overlay>, task: i32) -> impl Iterator<Item = Change<'_>> {
+    fn changes(layer: &Layer, task: i32) -> impl Iterator<Item = Change<'_>> {
         layer
             .get(&task)
             .into_iter()
@@ -400,7 +511,8 @@ impl StateManager {
     /// **Prepare** (step b): one synced, atomic write of every committing task's delta (the
     /// open transaction's writes) and target offsets as a pending entry. [`freeze`](Self::freeze)
     /// follows.
-    pub fn prepare(&self, commits: &[TaskCommit]) -> Result<(), StateStoreError> {
+    pub fn prepare(&mut self, commits: &[TaskCommit]) -> Result<(), StateStoreError> {
+        self.settle()?;
         let mut batch = WriteBatch::default();
         for (task, seq, offsets) in commits {
             let pending = Pending {
@@ -437,12 +549,19 @@ impl StateManager {
     /// **Apply** (step d): the committing layer's deltas, the new offsets (`R = K`), changelog
     /// offsets and sequence numbers in one atomic write; pending entries dropped; the committing
     /// layer cleared (the open one stays).
+    ///
+    /// The write goes on on a thread of its own (the transaction is committed in Kafka: its
+    /// pending entry, synced by [`prepare`](Self::prepare), rolls it forward should the process
+    /// die first). Until it is done the layer is read under the committing one and
+    /// [`meta`](Self::meta) answers from it; the next write to the database waits for it and
+    /// reports its error. Then the layer moves into the read cache.
     pub fn apply(
         &mut self,
         commits: &[TaskCommit],
         changelog_next: &BTreeMap<(String, i32), i64>,
     ) -> Result<(), StateStoreError> {
-        let mut batch = WriteBatch::default();
+        self.settle()?;
+        let mut metas = BTreeMap::new();
         for (task, seq, offsets) in commits {
             let mut meta = self.meta(*task)?.unwrap_or_default();
             meta.offsets
@@ -453,23 +572,47 @@ impl StateManager {
                     meta.changelog.insert(store.clone(), *next);
                 }
             }
-            write_changes(&mut batch, *task, Self::changes(&self.committing, *task));
-            batch.put(
-                task_key(META, *task),
-                serde_json::to_vec(&meta).expect("serializable"),
-            );
-            batch.delete(task_key(PENDING, *task));
-            batch.delete(task_key(DELTA, *task));
+            metas.insert(*task, meta);
         }
-        self.db.write(batch).map_err(|e| self.rocks(&e))?;
-        // What the database now holds, the cache holds too (written through, moved not copied).
-        for (task, overlay) in std::mem::take(&mut self.committing) {
-            for (store, entries) in overlay {
-                for (key, value) in entries {
-                    self.cache.insert(task, &store, key, value);
+        // Only the committed tasks' writes are kept (every task with writes has offsets to
+        // commit).
+        let mut layer = std::mem::take(&mut self.committing);
+        layer.retain(|task, _| metas.contains_key(task));
+        let layer = Arc::new(layer);
+        let (db, written) = (Arc::clone(&self.db), Arc::clone(&layer));
+        let encoded: Vec<(i32, Vec<u8>)> = metas
+            .iter()
+            .map(|(task, meta)| (*task, serde_json::to_vec(meta).expect("serializable")))
+            .collect();
+        #[cfg(test)]
+        let hold = self.hold_apply.take();
+        let thread = std::thread::Builder::new()
+            .name("weir-state-apply".into())
+            .spawn(move || {
+                #[cfg(test)]
+                if let Some(hold) = hold {
+                    let _ = hold.recv();
                 }
-            }
-        }
+                let mut batch = WriteBatch::default();
+                for (task, meta) in &encoded {
+                    write_changes(&mut batch, *task, Self::changes(&written, *task));
+                    batch.put(task_key(META, *task), meta);
+                    batch.delete(task_key(PENDING, *task));
+                    batch.delete(task_key(DELTA, *task));
+                }
+                drop(written);
+                db.write(batch)
+            })
+            .map_err(|e| StateStoreError::Rocks {
+                path: self.path.clone(),
+                message: format!("cannot start the thread that writes a commit: {e}"),
+            })?;
+        self.applying = Some(Applying {
+            layer,
+            metas,
+            thread: Some(thread),
+            failed: None,
+        });
         Ok(())
     }
 
@@ -477,6 +620,7 @@ impl StateManager {
     /// committing one's, whose commit failed (Kafka aborted it) — and so are the committing
     /// layer's pending entries.
     pub fn abort(&mut self) -> Result<(), StateStoreError> {
+        self.settle()?;
         let mut batch = WriteBatch::default();
         for task in self.committing.keys() {
             batch.delete(task_key(PENDING, *task));
@@ -491,6 +635,7 @@ impl StateManager {
     /// did not return). Recovery decides them against Kafka's committed offsets
     /// ([`decide_pending`](Self::decide_pending)), or a task's next prepare replaces its entry.
     pub fn forget(&mut self) -> Result<(), StateStoreError> {
+        self.settle()?;
         self.overlays.clear();
         self.committing.clear();
         self.uncommitted_bytes = 0;
@@ -530,7 +675,7 @@ impl StateManager {
         self.committing.remove(&task);
         // A task is (re)assigned: whatever happened to its state elsewhere, the cache does not
         // know it.
-        self.cache.clear();
+        self.clear_cache()?;
         let mut rolled_forward = false;
         if let Some(pending) = self.pending(task)? {
             let decided = crate::pending_decided(&pending, |t| {
@@ -641,7 +786,7 @@ impl StateManager {
 
     /// Deletes every entry of `task` in `store` (before a restore from the beginning).
     pub fn wipe(&mut self, task: i32, store: &str) -> Result<(), StateStoreError> {
-        self.cache.clear();
+        self.clear_cache()?;
         let prefix = data_prefix(task, store);
         let end = weir_core::state::prefix_end(&prefix).expect("non-empty prefix");
         let mut batch = WriteBatch::default();
@@ -663,7 +808,7 @@ impl StateManager {
         }
         self.overlays.remove(&task);
         self.committing.remove(&task);
-        self.cache.clear();
+        self.clear_cache()?;
         let mut batch = WriteBatch::default();
         let (start, end) = (task_key(DATA, task), task_key(DATA, task + 1));
         batch.delete_range(&start, &end);
@@ -699,7 +844,7 @@ impl StateManager {
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         next: i64,
     ) -> Result<(), StateStoreError> {
-        self.cache.clear();
+        self.clear_cache()?;
         let mut batch = WriteBatch::default();
         for (k, v) in records {
             match v {
@@ -718,12 +863,13 @@ impl StateManager {
 
     /// Ends a restore: `R = K`, with the changelog offsets reached.
     pub fn finish_restore(
-        &self,
+        &mut self,
         task: i32,
         offsets: BTreeMap<String, i64>,
         seq: u64,
         changelog: BTreeMap<String, i64>,
     ) -> Result<(), StateStoreError> {
+        self.settle()?;
         let mut meta = self.meta(task)?.unwrap_or_default();
         meta.offsets = offsets;
         meta.seq = seq;
@@ -757,6 +903,16 @@ impl StateManager {
                 what: "offsets",
             })?;
             out.push((task, meta));
+        }
+        // What the applying write puts.
+        if let Some(applying) = &self.applying {
+            for (task, meta) in &applying.metas {
+                match out.iter_mut().find(|(t, _)| t == task) {
+                    Some((_, m)) => *m = meta.clone(),
+                    None => out.push((*task, meta.clone())),
+                }
+            }
+            out.sort_by_key(|(t, _)| *t);
         }
         Ok(out)
     }
@@ -828,7 +984,14 @@ impl TaskAccess<'_> {
 impl StateAccess for TaskAccess<'_> {
     fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.check(store)?;
-        for layer in [&self.manager.overlays, &self.manager.committing] {
+        // A finished applying write gives the cache back (without waiting for one that is not).
+        self.manager.join_applying(false);
+        let m = &mut *self.manager;
+        let applying = m.applying.as_ref().map(|a| &*a.layer);
+        for layer in [Some(&m.overlays), Some(&m.committing), applying]
+            .into_iter()
+            .flatten()
+        {
             if let Some(v) = layer
                 .get(&self.task)
                 .and_then(|o| o.get(store))
@@ -837,17 +1000,13 @@ impl StateAccess for TaskAccess<'_> {
                 return Ok(v.clone());
             }
         }
-        if let Some(v) = self.manager.cache.get(self.task, store, key) {
+        if let Some(v) = m.cache.get(self.task, store, key) {
             return Ok(v);
         }
-        let v = self
-            .manager
-            .db
-            .get(data_key(self.task, store, key))
-            .map_err(|e| StateError::Storage(self.manager.rocks(&e).to_string()))?;
-        self.manager
-            .cache
-            .insert(self.task, store, key.to_vec(), v.clone());
+        let v =
+            m.db.get(data_key(self.task, store, key))
+                .map_err(|e| StateError::Storage(m.rocks(&e).to_string()))?;
+        m.cache.insert(self.task, store, key.to_vec(), v.clone());
         Ok(v)
     }
 
@@ -901,8 +1060,14 @@ impl StateAccess for TaskAccess<'_> {
             }
             merged.insert(user_key.to_vec(), v.to_vec());
         }
-        // The committing layer over the database, the open one over both.
-        for layer in [&self.manager.committing, &self.manager.overlays] {
+        // The applying layer over the database, the committing one over it, the open one over
+        // all.
+        let m = &*self.manager;
+        let applying = m.applying.as_ref().map(|a| &*a.layer);
+        for layer in [applying, Some(&m.committing), Some(&m.overlays)]
+            .into_iter()
+            .flatten()
+        {
             let entries = layer
                 .get(&self.task)
                 .and_then(|o| o.get(store))
@@ -949,7 +1114,7 @@ mod tests {
         let mut m = StateManager::open(dir, vec![StoreSpec::new("s")])
             .unwrap()
             .0;
-        m.set_cache_max_bytes(1 << 20);
+        m.set_cache_max_bytes(1 << 20).unwrap();
         m
     }
 
@@ -1157,6 +1322,56 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// While a committed transaction's write is under way its writes are read from its layer,
+    /// and the metadata it puts from memory; the next write to the database waits for it.
+    #[test]
+    fn an_applying_write_is_read_from_memory_until_it_is_done() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        m.access(0).put("s", b"a", b"1".to_vec()).unwrap();
+        m.access(0).put("s", b"b", b"1".to_vec()).unwrap();
+        let commits = vec![(0, 1, offsets(5))];
+        m.prepare(&commits).unwrap();
+        m.freeze();
+        let (release, hold) = std::sync::mpsc::channel();
+        m.hold_apply = Some(hold);
+        m.apply(&commits, &BTreeMap::new()).unwrap();
+        // The write is held: the database does not have it yet.
+        assert_eq!(m.db.get(data_key(0, "s", b"a")).unwrap(), None);
+        assert!(m.db.get(task_key(PENDING, 0)).unwrap().is_some());
+        // Reads see it all the same.
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"1".to_vec()));
+        m.access(0).put("s", b"b", b"2".to_vec()).unwrap();
+        let all = m
+            .access(0)
+            .scan("s", Bound::Unbounded, Bound::Unbounded)
+            .unwrap();
+        assert_eq!(
+            all,
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
+        );
+        assert_eq!(
+            m.meta(0).unwrap().map(|t| (t.seq, t.offsets)),
+            Some((1, offsets(5)))
+        );
+        assert_eq!(m.pending(0).unwrap(), None, "the write deletes it");
+        assert_eq!(m.tasks().unwrap().len(), 1);
+        // The next prepare waits for the write (its pending entry comes after the deletion).
+        release.send(()).unwrap();
+        let next = vec![(0, 2, offsets(6))];
+        m.prepare(&next).unwrap();
+        assert_eq!(
+            m.db.get(data_key(0, "s", b"a")).unwrap(),
+            Some(b"1".to_vec()),
+            "written"
+        );
+        assert_eq!(m.pending(0).unwrap().map(|p| p.seq), Some(2));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// The read cache holds what apply wrote and what reads found; every other way into the
     /// database's entries (a rolled-forward pending entry, a restore, a wipe, a reset) empties it.
     #[test]
@@ -1309,6 +1524,7 @@ mod damage {
         m.freeze();
         m.apply(&[(0, 1, offsets(n.into()))], &BTreeMap::new())
             .unwrap();
+        m.settle().unwrap(); // the write is done
         m.db.flush().unwrap();
     }
 
@@ -1325,7 +1541,7 @@ mod damage {
         let dir = tmp();
         committed(&dir, 10, vec![StoreSpec::new("s")]);
         {
-            let (m, _) = StateManager::open(&dir, vec![StoreSpec::new("s")]).unwrap();
+            let (mut m, _) = StateManager::open(&dir, vec![StoreSpec::new("s")]).unwrap();
             m.prepare(&[(0, 2, offsets(20))]).unwrap();
             let full = m.db.get(task_key(PENDING, 0)).unwrap().unwrap();
             m.db.put(task_key(PENDING, 0), &full[..full.len() / 2])

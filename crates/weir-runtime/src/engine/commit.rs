@@ -374,7 +374,10 @@ impl Engine {
         state.for_each_changelog_write(|store, task, key, value| {
             let name = match &topic {
                 Some((s, name)) if s == store => name.clone(),
-                _ => topic.insert((store.to_string(), changelog_topic(app, store))).1.clone(),
+                _ => topic
+                    .insert((store.to_string(), changelog_topic(app, store)))
+                    .1
+                    .clone(),
             };
             outputs.push(Output {
                 topic: Some(name),
