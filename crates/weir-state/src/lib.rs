@@ -15,10 +15,12 @@
 //! # The two-phase commit (DESIGN.md "The commit cycle", steps b and d)
 //!
 //! ```text
-//! process:  writes go to the task's overlay (reads see overlay, then RocksDB)
+//! process:  writes go to the task's overlay (reads see overlay, committing layer, applying
+//!           layer, the read cache, then RocksDB)
 //! prepare:  one synced WriteBatch: per dirty task, Pending{seq, target offsets} + delta
 //! (Kafka commit_transaction: the decision)
-//! apply:    one WriteBatch: delta + TaskMeta{offsets, changelog offsets, seq}, pending dropped
+//! apply:    one WriteBatch: delta + TaskMeta{offsets, changelog offsets, seq}, pending dropped,
+//!           written on a thread of its own; the next write to RocksDB waits for it
 //! abort:    overlay dropped; pending dropped
 //! ```
 //!
