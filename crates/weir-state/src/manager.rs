@@ -223,6 +223,9 @@ pub struct StateManager {
     /// Tests hold the next applying write until they send on this channel's sender.
     #[cfg(test)]
     hold_apply: Option<std::sync::mpsc::Receiver<()>>,
+    /// Tests make the next applying write fail (its thread panics).
+    #[cfg(test)]
+    fail_apply: bool,
 }
 
 impl Drop for StateManager {
@@ -322,6 +325,8 @@ impl StateManager {
                 cache: ReadCache::new(0),
                 #[cfg(test)]
                 hold_apply: None,
+                #[cfg(test)]
+                fail_apply: false,
                 uncommitted_bytes: 0,
             },
             moved,
@@ -585,13 +590,16 @@ impl StateManager {
             .map(|(task, meta)| (*task, serde_json::to_vec(meta).expect("serializable")))
             .collect();
         #[cfg(test)]
-        let hold = self.hold_apply.take();
+        let (hold, fail) = (self.hold_apply.take(), std::mem::take(&mut self.fail_apply));
         let thread = std::thread::Builder::new()
             .name("weir-state-apply".into())
             .spawn(move || {
                 #[cfg(test)]
-                if let Some(hold) = hold {
-                    let _ = hold.recv();
+                {
+                    if let Some(hold) = hold {
+                        let _ = hold.recv();
+                    }
+                    assert!(!fail, "injected failure of an applying write");
                 }
                 let mut batch = WriteBatch::default();
                 for (task, meta) in &encoded {
@@ -635,11 +643,12 @@ impl StateManager {
     /// did not return). Recovery decides them against Kafka's committed offsets
     /// ([`decide_pending`](Self::decide_pending)), or a task's next prepare replaces its entry.
     pub fn forget(&mut self) -> Result<(), StateStoreError> {
-        self.settle()?;
+        // The layers go even when the applying write failed (its error is still reported).
+        let settled = self.settle();
         self.overlays.clear();
         self.committing.clear();
         self.uncommitted_bytes = 0;
-        Ok(())
+        settled
     }
 
     /// Drops the open transaction's writes only, while the committing layer's commit is still
@@ -1369,6 +1378,39 @@ mod tests {
             "written"
         );
         assert_eq!(m.pending(0).unwrap().map(|p| p.seq), Some(2));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A failed applying write keeps its layer readable and is reported by the next write,
+    /// which does not happen.
+    #[test]
+    fn a_failed_applying_write_is_reported_by_the_next_write() {
+        let dir = tmp();
+        let mut m = open(&dir);
+        m.access(0).put("s", b"a", b"1".to_vec()).unwrap();
+        let commits = vec![(0, 1, offsets(5))];
+        m.prepare(&commits).unwrap();
+        m.freeze();
+        m.fail_apply = true;
+        m.apply(&commits, &BTreeMap::new()).unwrap();
+        while m
+            .applying
+            .as_ref()
+            .and_then(|a| a.thread.as_ref())
+            .is_some_and(|t| !t.is_finished())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The read joins the finished thread: the layer stays readable, the failure noted.
+        assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"1".to_vec()));
+        assert!(m.applying.as_ref().is_some_and(|a| a.failed.is_some()));
+        let err = m.prepare(&[(0, 2, offsets(6))]).unwrap_err().to_string();
+        assert!(err.contains("writing a committed transaction's state"), "{err}");
+        assert_eq!(
+            m.pending(0).unwrap().map(|p| p.seq),
+            Some(1),
+            "the failed write's pending entry stays for recovery; the next one was not written"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
