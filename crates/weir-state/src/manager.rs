@@ -1405,7 +1405,10 @@ mod tests {
         assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"1".to_vec()));
         assert!(m.applying.as_ref().is_some_and(|a| a.failed.is_some()));
         let err = m.prepare(&[(0, 2, offsets(6))]).unwrap_err().to_string();
-        assert!(err.contains("writing a committed transaction's state"), "{err}");
+        assert!(
+            err.contains("writing a committed transaction's state"),
+            "{err}"
+        );
         assert_eq!(
             m.pending(0).unwrap().map(|p| p.seq),
             Some(1),
