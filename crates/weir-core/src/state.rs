@@ -9,7 +9,7 @@
 //! order); values are JSON through serde.
 
 use std::marker::PhantomData;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -323,18 +323,7 @@ impl StateAccess for MemoryState {
             .entries
             .range(start..)
             .take_while(|((s, _), _)| s == store)
-            .filter(|((_, k), _)| {
-                let k = k.as_slice();
-                (match from {
-                    Bound::Included(f) => k >= f,
-                    Bound::Excluded(f) => k > f,
-                    Bound::Unbounded => true,
-                }) && (match to {
-                    Bound::Included(t) => k <= t,
-                    Bound::Excluded(t) => k < t,
-                    Bound::Unbounded => true,
-                })
-            })
+            .filter(|((_, k), _)| RangeBounds::<[u8]>::contains(&(from, to), k.as_slice()))
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
     }

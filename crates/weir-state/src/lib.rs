@@ -30,6 +30,7 @@
 //! its offsets), back otherwise. Then `R == K` resumes as is; `R < K` restores from the
 //! changelog; `R > K` is an error.
 
+mod access;
 mod cache;
 mod delta;
 mod manager;

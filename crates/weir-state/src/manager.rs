@@ -1,15 +1,15 @@
 //! The state manager: overlay, prepare/apply/abort, recovery, restore. See the crate docs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
-use weir_core::{StateAccess, StateError, StoreSpec};
+use weir_core::StoreSpec;
 
+use crate::access::TaskAccess;
 use crate::cache::ReadCache;
 use crate::delta::{self, Change};
 use crate::Standing;
@@ -163,14 +163,14 @@ fn task_key(tag: u8, task: i32) -> Vec<u8> {
     k
 }
 
-fn data_prefix(task: i32, store: &str) -> Vec<u8> {
+pub(crate) fn data_prefix(task: i32, store: &str) -> Vec<u8> {
     let mut k = task_key(DATA, task);
     k.push(store.len() as u8);
     k.extend_from_slice(store.as_bytes());
     k
 }
 
-fn data_key(task: i32, store: &str, key: &[u8]) -> Vec<u8> {
+pub(crate) fn data_key(task: i32, store: &str, key: &[u8]) -> Vec<u8> {
     let mut k = data_prefix(task, store);
     k.extend_from_slice(key);
     k
@@ -184,17 +184,17 @@ pub type TaskCommit = (i32, u64, BTreeMap<String, i64>);
 pub type Committed = BTreeMap<String, (Option<i64>, Option<u64>)>;
 
 /// A task's uncommitted writes: per store, per key the new value, `None` for a delete.
-type Overlay = BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+pub(crate) type Overlay = BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
 /// A transaction's writes, per task.
-type Layer = BTreeMap<i32, Overlay>;
+pub(crate) type Layer = BTreeMap<i32, Overlay>;
 
 /// A committed transaction's writes on their way into the database: a thread builds the
 /// `WriteBatch` from the layer and writes it. Until then the layer is read like the other two,
 /// and `metas` are the task metadata the write puts; once it is done the layer moves into the
 /// read cache.
-struct Applying {
-    layer: Arc<Layer>,
+pub(crate) struct Applying {
+    pub(crate) layer: Arc<Layer>,
     metas: BTreeMap<i32, TaskMeta>,
     thread: Option<JoinHandle<Result<(), rocksdb::Error>>>,
     /// The write's error, once the thread is joined: the layer stays readable until a writer
@@ -212,14 +212,14 @@ struct Applying {
 /// apply. A committed transaction's layer is written on a thread of its own, and read as a
 /// third layer until the write is done (see [`apply`](StateManager::apply)).
 pub struct StateManager {
-    db: Arc<DB>,
+    pub(crate) db: Arc<DB>,
     path: PathBuf,
-    stores: BTreeMap<String, StoreSpec>,
-    overlays: BTreeMap<i32, Overlay>,
-    committing: Layer,
-    applying: Option<Applying>,
-    cache: ReadCache,
-    uncommitted_bytes: usize,
+    pub(crate) stores: BTreeMap<String, StoreSpec>,
+    pub(crate) overlays: BTreeMap<i32, Overlay>,
+    pub(crate) committing: Layer,
+    pub(crate) applying: Option<Applying>,
+    pub(crate) cache: ReadCache,
+    pub(crate) uncommitted_bytes: usize,
     /// Tests hold the next applying write until they send on this channel's sender.
     #[cfg(test)]
     hold_apply: Option<std::sync::mpsc::Receiver<()>>,
@@ -333,7 +333,7 @@ impl StateManager {
         ))
     }
 
-    fn rocks(&self, e: &rocksdb::Error) -> StateStoreError {
+    pub(crate) fn rocks(&self, e: &rocksdb::Error) -> StateStoreError {
         StateStoreError::Rocks {
             path: self.path.clone(),
             message: self.rocks_message(e),
@@ -390,7 +390,7 @@ impl StateManager {
     /// Joins the applying thread if it is done (`wait`: or waits for it). A successful write's
     /// layer moves into the read cache; a failed one's stays readable, with its error, for
     /// [`settle`](Self::settle) to report.
-    fn join_applying(&mut self, wait: bool) {
+    pub(crate) fn join_applying(&mut self, wait: bool) {
         let Some(thread) = self
             .applying
             .as_mut()
@@ -436,10 +436,7 @@ impl StateManager {
 
     /// The operator's view of `task`'s stores.
     pub fn access(&mut self, task: i32) -> TaskAccess<'_> {
-        TaskAccess {
-            manager: self,
-            task,
-        }
+        TaskAccess::new(self, task)
     }
 
     /// Calls `f(store, task, key, value)` for every write of the open transaction to a store
@@ -949,173 +946,12 @@ fn write_changes<'a>(batch: &mut WriteBatch, task: i32, changes: impl Iterator<I
     }
 }
 
-/// One task's stores, as [`StateAccess`] for the operator's context.
-pub struct TaskAccess<'m> {
-    manager: &'m mut StateManager,
-    task: i32,
-}
-
-impl std::fmt::Debug for TaskAccess<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskAccess")
-            .field("task", &self.task)
-            .finish()
-    }
-}
-
-impl TaskAccess<'_> {
-    fn check(&self, store: &str) -> Result<(), StateError> {
-        if self.manager.stores.contains_key(store) {
-            Ok(())
-        } else {
-            Err(StateError::UnknownStore(store.to_string()))
-        }
-    }
-
-    fn write(&mut self, store: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StateError> {
-        self.check(store)?;
-        self.manager.uncommitted_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-        let entries = self.manager.overlays.entry(self.task).or_default();
-        let entries = match entries.get_mut(store) {
-            Some(entries) => entries,
-            None => entries.entry(store.to_string()).or_default(),
-        };
-        match entries.get_mut(key) {
-            Some(slot) => *slot = value,
-            None => {
-                entries.insert(key.to_vec(), value);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl StateAccess for TaskAccess<'_> {
-    fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        self.check(store)?;
-        // A finished applying write gives the cache back (without waiting for one that is not).
-        self.manager.join_applying(false);
-        let m = &mut *self.manager;
-        let applying = m.applying.as_ref().map(|a| &*a.layer);
-        for layer in [Some(&m.overlays), Some(&m.committing), applying]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(v) = layer
-                .get(&self.task)
-                .and_then(|o| o.get(store))
-                .and_then(|entries| entries.get(key))
-            {
-                return Ok(v.clone());
-            }
-        }
-        if let Some(v) = m.cache.get(self.task, store, key) {
-            return Ok(v);
-        }
-        let v =
-            m.db.get(data_key(self.task, store, key))
-                .map_err(|e| StateError::Storage(m.rocks(&e).to_string()))?;
-        m.cache.insert(self.task, store, key.to_vec(), v.clone());
-        Ok(v)
-    }
-
-    fn put(&mut self, store: &str, key: &[u8], value: Vec<u8>) -> Result<(), StateError> {
-        self.write(store, key, Some(value))
-    }
-
-    fn delete(&mut self, store: &str, key: &[u8]) -> Result<(), StateError> {
-        self.write(store, key, None)
-    }
-
-    fn scan(
-        &mut self,
-        store: &str,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-    ) -> Result<weir_core::state::Entries, StateError> {
-        self.check(store)?;
-        let prefix = data_prefix(self.task, store);
-        let in_range = |k: &[u8]| {
-            (match from {
-                Bound::Included(f) => k >= f,
-                Bound::Excluded(f) => k > f,
-                Bound::Unbounded => true,
-            }) && (match to {
-                Bound::Included(t) => k <= t,
-                Bound::Excluded(t) => k < t,
-                Bound::Unbounded => true,
-            })
-        };
-        let start = match from {
-            Bound::Included(f) | Bound::Excluded(f) => data_key(self.task, store, f),
-            Bound::Unbounded => prefix.clone(),
-        };
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for item in self
-            .manager
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward))
-        {
-            let (k, v) =
-                item.map_err(|e| StateError::Storage(self.manager.rocks(&e).to_string()))?;
-            let Some(user_key) = k.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            if !in_range_upper(user_key, to) {
-                break;
-            }
-            if !in_range(user_key) {
-                continue; // equal to an excluded lower bound
-            }
-            merged.insert(user_key.to_vec(), v.to_vec());
-        }
-        // The applying layer over the database, the committing one over it, the open one over
-        // all.
-        let m = &*self.manager;
-        let applying = m.applying.as_ref().map(|a| &*a.layer);
-        for layer in [applying, Some(&m.committing), Some(&m.overlays)]
-            .into_iter()
-            .flatten()
-        {
-            let entries = layer
-                .get(&self.task)
-                .and_then(|o| o.get(store))
-                .filter(|_| !empty_range(from, to));
-            for (k, v) in entries
-                .into_iter()
-                .flat_map(|e| e.range::<[u8], _>((from, to)))
-            {
-                match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
-                    None => merged.remove(k),
-                };
-            }
-        }
-        Ok(merged.into_iter().collect())
-    }
-}
-
-/// Whether no key lies between the bounds (`BTreeMap::range` panics on such bounds).
-fn empty_range(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
-    match (from, to) {
-        (Bound::Included(f), Bound::Included(t)) => f > t,
-        (Bound::Included(f) | Bound::Excluded(f), Bound::Included(t) | Bound::Excluded(t)) => {
-            f >= t
-        }
-        _ => false,
-    }
-}
-
-fn in_range_upper(k: &[u8], to: Bound<&[u8]>) -> bool {
-    match to {
-        Bound::Included(t) => k <= t,
-        Bound::Excluded(t) => k < t,
-        Bound::Unbounded => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ops::Bound;
+
+    use weir_core::{StateAccess, StateError};
+
     use super::*;
 
     /// A manager with a read cache, as the runtime opens it.
@@ -1543,6 +1379,8 @@ mod tests {
 
 #[cfg(test)]
 mod damage {
+    use weir_core::StateAccess;
+
     use super::*;
 
     fn tmp() -> PathBuf {
