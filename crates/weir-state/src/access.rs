@@ -60,14 +60,11 @@ impl TaskAccess<'_> {
 impl StateAccess for TaskAccess<'_> {
     fn get(&mut self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.check(store)?;
-        // A finished applying write gives the cache back (without waiting for one that is not).
+        // A finished applying write moves its layer into the cache (one under way is not
+        // waited for).
         self.manager.join_applying(false);
         let m = &mut *self.manager;
-        let applying = m.applying.as_ref().map(|a| &*a.layer);
-        for layer in [Some(&m.overlays), Some(&m.committing), applying]
-            .into_iter()
-            .flatten()
-        {
+        for layer in m.layers() {
             if let Some(v) = layer
                 .get(&self.task)
                 .and_then(|o| o.get(store))
@@ -118,7 +115,7 @@ impl StateAccess for TaskAccess<'_> {
             let Some(user_key) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            if !in_range_upper(user_key, to) {
+            if !RangeBounds::<[u8]>::contains(&(Bound::Unbounded, to), user_key) {
                 break;
             }
             if !in_range(user_key) {
@@ -128,12 +125,7 @@ impl StateAccess for TaskAccess<'_> {
         }
         // The applying layer over the database, the committing one over it, the open one over
         // all.
-        let m = &*self.manager;
-        let applying = m.applying.as_ref().map(|a| &*a.layer);
-        for layer in [applying, Some(&m.committing), Some(&m.overlays)]
-            .into_iter()
-            .flatten()
-        {
+        for layer in self.manager.layers().rev() {
             let entries = layer
                 .get(&self.task)
                 .and_then(|o| o.get(store))
@@ -160,13 +152,5 @@ fn empty_range(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
             f >= t
         }
         _ => false,
-    }
-}
-
-fn in_range_upper(k: &[u8], to: Bound<&[u8]>) -> bool {
-    match to {
-        Bound::Included(t) => k <= t,
-        Bound::Excluded(t) => k < t,
-        Bound::Unbounded => true,
     }
 }

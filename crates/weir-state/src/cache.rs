@@ -5,8 +5,8 @@
 //! It holds committed values only — what a read of the database would return, `None` for a key
 //! known to be absent — and never uncommitted ones: the open and committing layers sit above
 //! it. [`apply`](crate::StateManager::apply) writes its changes through (moving them, not
-//! copying); every other write to the data keys (a restore, a rolled-forward pending entry, a
-//! wipe or reset) clears it.
+//! copying); every other write to a task's data keys (a restore, a rolled-forward pending
+//! entry, a wipe or reset) drops that task's entries.
 //!
 //! Eviction is generational, an approximation of least-recently-used that costs nothing per
 //! hit: entries go to the young generation; when the young generations of all stores hold half
@@ -90,10 +90,15 @@ impl ReadCache {
         }
     }
 
-    /// Forgets everything (the database was written around the cache).
-    pub(crate) fn clear(&mut self) {
-        self.stores.clear();
-        self.young_bytes = 0;
+    /// Forgets every entry of `task` (the database was written around the cache).
+    pub(crate) fn forget_task(&mut self, task: i32) {
+        if let Some(stores) = self.stores.remove(&task) {
+            self.young_bytes -= stores
+                .values()
+                .flat_map(|s| &s.young)
+                .map(|(k, v)| charge(k, v))
+                .sum::<usize>();
+        }
     }
 
     #[cfg(test)]
@@ -130,8 +135,14 @@ mod tests {
             Some(Some(b"2".to_vec())),
             "the newer value"
         );
-        c.clear();
+        c.insert(1, "s", b"a".to_vec(), Some(b"3".to_vec()));
+        c.forget_task(0);
         assert_eq!(c.get(0, "s", b"a"), None);
+        assert_eq!(
+            c.get(1, "s", b"a"),
+            Some(Some(b"3".to_vec())),
+            "another task stays"
+        );
     }
 
     #[test]

@@ -349,10 +349,11 @@ impl StateManager {
         message
     }
 
-    /// Clears the read cache (after settling: the applying layer goes into the cache first).
-    fn clear_cache(&mut self) -> Result<(), StateStoreError> {
+    /// Drops `task`'s entries from the read cache, before a write around it (after settling:
+    /// the applying layer goes into the cache first).
+    fn forget_cached(&mut self, task: i32) -> Result<(), StateStoreError> {
         self.settle()?;
-        self.cache.clear();
+        self.cache.forget_task(task);
         Ok(())
     }
 
@@ -421,6 +422,15 @@ impl StateManager {
             }
             (_, None) => {}
         }
+    }
+
+    /// The layers of writes not in the database yet, newest first: the open transaction's, the
+    /// committing one's, the applying one's.
+    pub(crate) fn layers(&self) -> impl DoubleEndedIterator<Item = &Layer> {
+        let applying = self.applying.as_ref().map(|a| &*a.layer);
+        [Some(&self.overlays), Some(&self.committing), applying]
+            .into_iter()
+            .flatten()
     }
 
     /// The declared stores.
@@ -681,7 +691,7 @@ impl StateManager {
         self.committing.remove(&task);
         // A task is (re)assigned: whatever happened to its state elsewhere, the cache does not
         // know it.
-        self.clear_cache()?;
+        self.forget_cached(task)?;
         let mut rolled_forward = false;
         if let Some(pending) = self.pending(task)? {
             let decided = crate::pending_decided(&pending, |t| {
@@ -792,7 +802,7 @@ impl StateManager {
 
     /// Deletes every entry of `task` in `store` (before a restore from the beginning).
     pub fn wipe(&mut self, task: i32, store: &str) -> Result<(), StateStoreError> {
-        self.clear_cache()?;
+        self.forget_cached(task)?;
         let prefix = data_prefix(task, store);
         let end = weir_core::state::prefix_end(&prefix).expect("non-empty prefix");
         let mut batch = WriteBatch::default();
@@ -814,7 +824,7 @@ impl StateManager {
         }
         self.overlays.remove(&task);
         self.committing.remove(&task);
-        self.clear_cache()?;
+        self.forget_cached(task)?;
         let mut batch = WriteBatch::default();
         let (start, end) = (task_key(DATA, task), task_key(DATA, task + 1));
         batch.delete_range(&start, &end);
@@ -850,7 +860,7 @@ impl StateManager {
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         next: i64,
     ) -> Result<(), StateStoreError> {
-        self.clear_cache()?;
+        self.forget_cached(task)?;
         let mut batch = WriteBatch::default();
         for (k, v) in records {
             match v {
