@@ -47,7 +47,7 @@ pub fn inspect(
             path.display()
         );
     }
-    let (state, _) = StateManager::open(&path, Vec::new()).map_err(|e| {
+    let (mut state, _) = StateManager::open(&path, Vec::new()).map_err(|e| {
         let hint = if e.to_string().contains("lock") {
             ": an instance is running on this directory (RocksDB is locked); stop it, or \
              inspect a copy"

@@ -14,6 +14,10 @@
 //! | a fatal error | fatal | [`Fatal`](Failure::Fatal) | fenced: stop; otherwise replace the producer and resume every task from the committed offsets (bounded) |
 //! | no return within [`WATCHDOG`] | — | [`Stuck`](Failure::Stuck) | replace the producer, as fatal |
 //!
+//! A background commit waits for its state's prepare before `commit_transaction`: a prepare
+//! that failed is [`State`](Failure::State), and stops the application (the transaction is
+//! not committed).
+//!
 //! An `abort_transaction` that fails cannot itself be aborted: its abortable failures stop too.
 //! At start-up (`init_transactions`) every failure stops, naming what the broker needs.
 
@@ -50,6 +54,8 @@ pub(crate) enum Failure {
     Fatal(KafkaError),
     /// The call did not return within [`WATCHDOG`].
     Stuck,
+    /// The state's prepare failed, so the transaction was not committed: stop.
+    State(weir_state::StateStoreError),
 }
 
 /// A failed call: which one, and how.
@@ -185,5 +191,6 @@ async fn init_transactions(
             during,
             waited: WATCHDOG,
         },
+        Failure::State(e) => e.into(),
     })
 }

@@ -36,9 +36,10 @@ mod delta;
 mod manager;
 pub mod marks;
 pub mod standing;
+mod writer;
 
 pub use manager::{
-    changelog_topic, Committed, Pending, RecoveryOutcome, StateManager, StateStoreError,
+    changelog_topic, Committed, Pending, Prepared, RecoveryOutcome, StateManager, StateStoreError,
     TaskCommit, TaskMeta,
 };
 pub use marks::Marks;

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -12,6 +11,7 @@ use weir_core::StoreSpec;
 use crate::access::TaskAccess;
 use crate::cache::ReadCache;
 use crate::delta::{self, Change};
+use crate::writer::{Writer, Written};
 use crate::Standing;
 
 const DATA: u8 = 0x01;
@@ -127,6 +127,25 @@ fn damage_marker(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.damaged", path.display()))
 }
 
+/// RocksDB's message for an error of the database at `path`; a corruption also leaves the
+/// marker that moves the directory aside at the next start.
+pub(crate) fn rocks_message(path: &Path, e: &rocksdb::Error) -> String {
+    let mut message = e.to_string();
+    if e.kind() == rocksdb::ErrorKind::Corruption {
+        mark_damaged(path, &message);
+        message.push_str(MOVED_AT_NEXT_START);
+    }
+    message
+}
+
+/// Leaves the marker that makes the next [`StateManager::open`] move the directory at `path`
+/// aside.
+fn mark_damaged(path: &Path, why: &str) {
+    if let Err(e) = std::fs::write(damage_marker(path), why) {
+        tracing::error!(path = %path.display(), error = %e, "cannot mark the damaged state directory; delete it before the next start");
+    }
+}
+
 /// What is wrong with weir's own metadata in `db` (every task's offsets and pending entry must
 /// decode), if anything. Small: one entry of each per task.
 fn unreadable_metadata(db: &DB) -> Option<String> {
@@ -189,17 +208,38 @@ pub(crate) type Overlay = BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 /// A transaction's writes, per task.
 pub(crate) type Layer = BTreeMap<i32, Overlay>;
 
-/// A committed transaction's writes on their way into the database: a thread builds the
-/// `WriteBatch` from the layer and writes it. Until then the layer is read like the other two,
-/// and `metas` are the task metadata the write puts; once it is done the layer moves into the
-/// read cache.
+/// A committed transaction's writes on their way into the database: the writer thread builds
+/// the `WriteBatch` from the layer and writes it. Until then the layer is read like the other
+/// two, and `metas` are the task metadata the write puts; once it is done the layer moves into
+/// the read cache.
 pub(crate) struct Applying {
     pub(crate) layer: Arc<Layer>,
     metas: BTreeMap<i32, TaskMeta>,
-    thread: Option<JoinHandle<Result<(), rocksdb::Error>>>,
-    /// The write's error, once the thread is joined: the layer stays readable until a writer
-    /// reports it.
+    /// The write's receipt, until it is taken.
+    done: Option<Written>,
+    /// The write's error, once taken: the layer stays readable until a writer reports it.
     failed: Option<String>,
+}
+
+/// A prepare under way (see [`StateManager::prepare`]): Kafka may decide the transaction only
+/// once [`wait`](Self::wait) returned `Ok`.
+#[derive(Debug)]
+pub struct Prepared {
+    written: Option<Written>,
+    path: PathBuf,
+}
+
+impl Prepared {
+    /// Waits until the prepared commit is durable.
+    pub fn wait(self) -> Result<(), StateStoreError> {
+        match self.written.map(Written::wait) {
+            Some(Err(why)) => Err(StateStoreError::Rocks {
+                path: self.path,
+                message: format!("preparing a commit: {why}"),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// RocksDB state of one application instance, with two uncommitted layers per task: the open
@@ -216,8 +256,11 @@ pub struct StateManager {
     path: PathBuf,
     pub(crate) stores: BTreeMap<String, StoreSpec>,
     pub(crate) overlays: BTreeMap<i32, Overlay>,
-    pub(crate) committing: Layer,
+    /// Shared with the writer thread while the prepare writes it.
+    pub(crate) committing: Arc<Layer>,
     pub(crate) applying: Option<Applying>,
+    /// Writes the prepares and applies, in order, on a thread of its own.
+    writer: Writer,
     pub(crate) cache: ReadCache,
     pub(crate) uncommitted_bytes: usize,
     /// Tests hold the next applying write until they send on this channel's sender.
@@ -226,16 +269,6 @@ pub struct StateManager {
     /// Tests make the next applying write fail (its thread panics).
     #[cfg(test)]
     fail_apply: bool,
-}
-
-impl Drop for StateManager {
-    fn drop(&mut self) {
-        // The write of a committed transaction finishes, and the database closes, before the
-        // manager is gone (a new one may open the same directory next).
-        if let Some(thread) = self.applying.as_mut().and_then(|a| a.thread.take()) {
-            let _ = thread.join();
-        }
-    }
 }
 
 impl std::fmt::Debug for StateManager {
@@ -314,14 +347,19 @@ impl StateManager {
                 (DB::open(&opts, path).map_err(rocks)?, Some(aside))
             }
         };
+        let writer = Writer::start(path).map_err(|e| StateStoreError::Rocks {
+            path: path.to_path_buf(),
+            message: format!("cannot start the thread that writes the state: {e}"),
+        })?;
         Ok((
             Self {
                 db: Arc::new(db),
                 path: path.to_path_buf(),
                 stores: stores.into_iter().map(|s| (s.name.clone(), s)).collect(),
                 overlays: BTreeMap::new(),
-                committing: BTreeMap::new(),
+                committing: Arc::default(),
                 applying: None,
+                writer,
                 cache: ReadCache::new(0),
                 #[cfg(test)]
                 hold_apply: None,
@@ -341,12 +379,7 @@ impl StateManager {
     }
 
     fn rocks_message(&self, e: &rocksdb::Error) -> String {
-        let mut message = e.to_string();
-        if e.kind() == rocksdb::ErrorKind::Corruption {
-            self.mark_damaged(&message);
-            message.push_str(MOVED_AT_NEXT_START);
-        }
-        message
+        rocks_message(&self.path, e)
     }
 
     /// Drops `task`'s entries from the read cache, before a write around it (after settling:
@@ -359,9 +392,7 @@ impl StateManager {
 
     /// Leaves the marker that makes the next [`open`](Self::open) move this directory aside.
     fn mark_damaged(&self, why: &str) {
-        if let Err(e) = std::fs::write(damage_marker(&self.path), why) {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot mark the damaged state directory; delete it before the next start");
-        }
+        mark_damaged(&self.path, why);
     }
 
     /// Sets the budget of the cache of committed values (`state.cache.max.bytes`; 0, the
@@ -372,40 +403,49 @@ impl StateManager {
         Ok(())
     }
 
-    /// Waits for the applying write, if one is under way. Every
-    /// method that writes the database (or reads what the write changes) settles first, so the
-    /// writes keep their order. An error of the write is reported here.
+    /// Waits for every write handed to the writer thread (an apply, a prepare). Every method
+    /// that writes the database on the caller's thread (or reads what those writes change)
+    /// settles first, so the writes keep their order. An error of those writes is reported
+    /// here.
     fn settle(&mut self) -> Result<(), StateStoreError> {
         self.join_applying(true);
+        let failed = |message| StateStoreError::Rocks {
+            path: self.path.clone(),
+            message,
+        };
         match self.applying.take() {
             Some(Applying {
                 failed: Some(why), ..
-            }) => Err(StateStoreError::Rocks {
-                path: self.path.clone(),
-                message: format!("writing a committed transaction's state: {why}"),
-            }),
-            _ => Ok(()),
+            }) => Err(failed(format!(
+                "writing a committed transaction's state: {why}"
+            ))),
+            _ => self.writer.barrier().map_err(failed),
         }
     }
 
-    /// Joins the applying thread if it is done (`wait`: or waits for it). A successful write's
-    /// layer moves into the read cache; a failed one's stays readable, with its error, for
-    /// [`settle`](Self::settle) to report.
+    /// Takes the applying write's outcome if it is done (`wait`: or waits for it). A
+    /// successful write's layer moves into the read cache; a failed one's stays readable, with
+    /// its error, for [`settle`](Self::settle) to report.
     pub(crate) fn join_applying(&mut self, wait: bool) {
-        let Some(thread) = self
-            .applying
-            .as_mut()
-            .and_then(|a| a.thread.take_if(|t| wait || t.is_finished()))
-        else {
+        let Some(done) = self.applying.as_mut().and_then(|a| a.done.take()) else {
             return;
         };
-        let failed = match thread.join() {
-            Ok(result) => result.err().map(|e| self.rocks_message(&e)),
-            Err(_) => Some("the thread writing it panicked".to_string()),
+        let outcome = if wait {
+            done.wait()
+        } else {
+            match done.try_take() {
+                Ok(outcome) => outcome,
+                Err(done) => {
+                    if let Some(a) = self.applying.as_mut() {
+                        a.done = Some(done);
+                    }
+                    return;
+                }
+            }
         };
-        match (failed, self.applying.take()) {
+        match (outcome.err(), self.applying.take()) {
             (None, Some(applying)) => {
-                // What the database now holds, the cache holds too (moved: the thread is gone
+                // What the database now holds, the cache holds too (moved: the write is done
                 // with its reference).
                 let layer = Arc::try_unwrap(applying.layer).unwrap_or_else(|l| (*l).clone());
                 for (task, overlay) in layer {
@@ -495,15 +535,9 @@ impl StateManager {
         self.read_json(&task_key(META, task), task, "offsets")
     }
 
-    /// `task`'s prepared commit, if one was not applied.
-    pub fn pending(&self, task: i32) -> Result<Option<Pending>, StateStoreError> {
-        if self
-            .applying
-            .as_ref()
-            .is_some_and(|a| a.metas.contains_key(&task))
-        {
-            return Ok(None); // the applying write deletes it
-        }
+    /// `task`'s prepared commit, if one was not applied (once the writes under way are done).
+    pub fn pending(&mut self, task: i32) -> Result<Option<Pending>, StateStoreError> {
+        self.settle()?;
         self.read_json(&task_key(PENDING, task), task, "pending entry")
     }
 
@@ -520,32 +554,51 @@ impl StateManager {
             })
     }
 
-    /// **Prepare** (step b): one synced, atomic write of every committing task's delta (the
-    /// open transaction's writes) and target offsets as a pending entry. [`freeze`](Self::freeze)
-    /// follows.
-    pub fn prepare(&mut self, commits: &[TaskCommit]) -> Result<(), StateStoreError> {
-        self.settle()?;
-        let mut batch = WriteBatch::default();
-        for (task, seq, offsets) in commits {
-            let pending = Pending {
-                seq: *seq,
-                offsets: offsets.clone(),
-            };
-            batch.put(
-                task_key(PENDING, *task),
-                serde_json::to_vec(&pending).expect("serializable"),
-            );
-            batch.put(
-                task_key(DELTA, *task),
-                delta::encode(Self::changes(&self.overlays, *task)),
-            );
+    /// **Prepare** (step b): the open transaction's writes become the committing layer
+    /// ([`freeze`](Self::freeze)), and one synced, atomic write of every committing task's
+    /// delta and target offsets as a pending entry goes to the writer thread, after every
+    /// write handed to it before (the previous transaction's apply, which deletes the pending
+    /// entry it replaces). The transaction may commit in Kafka once the returned
+    /// [`Prepared::wait`] is `Ok`; meanwhile reads see the committing layer as before.
+    pub fn prepare(&mut self, commits: &[TaskCommit]) -> Result<Prepared, StateStoreError> {
+        self.freeze();
+        let path = self.path.clone();
+        if commits.is_empty() {
+            return Ok(Prepared {
+                written: None,
+                path,
+            });
         }
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.write_opt(batch, &sync).map_err(|e| self.rocks(&e))
+        let (db, layer, commits) = (
+            Arc::clone(&self.db),
+            Arc::clone(&self.committing),
+            commits.to_vec(),
+        );
+        let written = self.writer.submit(Box::new(move || {
+            let mut batch = WriteBatch::default();
+            for (task, seq, offsets) in commits {
+                let pending = Pending { seq, offsets };
+                batch.put(
+                    task_key(PENDING, task),
+                    serde_json::to_vec(&pending).expect("serializable"),
+                );
+                batch.put(
+                    task_key(DELTA, task),
+                    delta::encode(Self::changes(&layer, task)),
+                );
+            }
+            drop(layer);
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.write_opt(batch, &sync)
+        }));
+        Ok(Prepared {
+            written: Some(written),
+            path,
+        })
     }
 
-    /// The open transaction's writes become the committing layer (after [`prepare`](Self::prepare),
+    /// The open transaction's writes become the committing layer (by [`prepare`](Self::prepare),
     /// or before an at_least_once offset commit): reads still see them, the next writes go to a
     /// new open layer, and [`apply`](Self::apply) writes them once Kafka committed. Only one
     /// transaction commits at a time: the previous one was applied or dropped.
@@ -554,7 +607,7 @@ impl StateManager {
             self.committing.is_empty(),
             "a transaction froze while another was committing"
         );
-        self.committing = std::mem::take(&mut self.overlays);
+        self.committing = Arc::new(std::mem::take(&mut self.overlays));
         self.uncommitted_bytes = 0;
     }
 
@@ -562,7 +615,7 @@ impl StateManager {
     /// offsets and sequence numbers in one atomic write; pending entries dropped; the committing
     /// layer cleared (the open one stays).
     ///
-    /// The write goes on on a thread of its own (the transaction is committed in Kafka: its
+    /// The write goes on on the writer thread (the transaction is committed in Kafka: its
     /// pending entry, synced by [`prepare`](Self::prepare), rolls it forward should the process
     /// die first). Until it is done the layer is read under the committing one and
     /// [`meta`](Self::meta) answers from it; the next write to the database waits for it and
@@ -588,7 +641,9 @@ impl StateManager {
         }
         // Only the committed tasks' writes are kept (every task with writes has offsets to
         // commit).
-        let mut layer = std::mem::take(&mut self.committing);
+        // The prepare's write is done with the layer (settled above): it is moved, not copied.
+        let committing = std::mem::take(&mut self.committing);
+        let mut layer = Arc::try_unwrap(committing).unwrap_or_else(|l| (*l).clone());
         layer.retain(|task, _| metas.contains_key(task));
         let layer = Arc::new(layer);
         let (db, written) = (Arc::clone(&self.db), Arc::clone(&layer));
@@ -598,34 +653,28 @@ impl StateManager {
             .collect();
         #[cfg(test)]
         let (hold, fail) = (self.hold_apply.take(), std::mem::take(&mut self.fail_apply));
-        let thread = std::thread::Builder::new()
-            .name("weir-state-apply".into())
-            .spawn(move || {
-                #[cfg(test)]
-                {
-                    if let Some(hold) = hold {
-                        let _ = hold.recv();
-                    }
-                    assert!(!fail, "injected failure of an applying write");
+        let done = self.writer.submit(Box::new(move || {
+            #[cfg(test)]
+            {
+                if let Some(hold) = hold {
+                    let _ = hold.recv();
                 }
-                let mut batch = WriteBatch::default();
-                for (task, meta) in &encoded {
-                    write_changes(&mut batch, *task, Self::changes(&written, *task));
-                    batch.put(task_key(META, *task), meta);
-                    batch.delete(task_key(PENDING, *task));
-                    batch.delete(task_key(DELTA, *task));
-                }
-                drop(written);
-                db.write(batch)
-            })
-            .map_err(|e| StateStoreError::Rocks {
-                path: self.path.clone(),
-                message: format!("cannot start the thread that writes a commit: {e}"),
-            })?;
+                assert!(!fail, "injected failure of an applying write");
+            }
+            let mut batch = WriteBatch::default();
+            for (task, meta) in &encoded {
+                write_changes(&mut batch, *task, Self::changes(&written, *task));
+                batch.put(task_key(META, *task), meta);
+                batch.delete(task_key(PENDING, *task));
+                batch.delete(task_key(DELTA, *task));
+            }
+            drop(written);
+            db.write(batch)
+        }));
         self.applying = Some(Applying {
             layer,
             metas,
-            thread: Some(thread),
+            done: Some(done),
             failed: None,
         });
         Ok(())
@@ -653,7 +702,7 @@ impl StateManager {
         // The layers go even when the applying write failed (its error is still reported).
         let settled = self.settle();
         self.overlays.clear();
-        self.committing.clear();
+        self.committing = Arc::default();
         self.uncommitted_bytes = 0;
         settled
     }
@@ -687,11 +736,11 @@ impl StateManager {
         task: i32,
         committed: &Committed,
     ) -> Result<bool, StateStoreError> {
-        self.overlays.remove(&task);
-        self.committing.remove(&task);
         // A task is (re)assigned: whatever happened to its state elsewhere, the cache does not
         // know it.
         self.forget_cached(task)?;
+        self.overlays.remove(&task);
+        Arc::make_mut(&mut self.committing).remove(&task);
         let mut rolled_forward = false;
         if let Some(pending) = self.pending(task)? {
             let decided = crate::pending_decided(&pending, |t| {
@@ -822,9 +871,9 @@ impl StateManager {
         if self.meta(task)?.is_some_and(|m| m.reset == Some(reset)) {
             return Ok(false);
         }
-        self.overlays.remove(&task);
-        self.committing.remove(&task);
         self.forget_cached(task)?;
+        self.overlays.remove(&task);
+        Arc::make_mut(&mut self.committing).remove(&task);
         let mut batch = WriteBatch::default();
         let (start, end) = (task_key(DATA, task), task_key(DATA, task + 1));
         batch.delete_range(&start, &end);
@@ -1055,8 +1104,7 @@ mod tests {
             m.access(0).put("s", k, k.to_vec()).unwrap();
         }
         let commits = vec![(0, 1, offsets(3))];
-        m.prepare(&commits).unwrap();
-        m.freeze();
+        m.prepare(&commits).unwrap().wait().unwrap();
         m.apply(&commits, &[(("s".to_string(), 0), 7)].into())
             .unwrap();
         assert_eq!(m.pending(0).unwrap(), None);
@@ -1097,8 +1145,7 @@ mod tests {
         m.access(0).put("s", b"a", b"n".to_vec()).unwrap();
         m.access(0).put("s", b"b", b"n".to_vec()).unwrap();
         let n = vec![(0, 2, offsets(2))];
-        m.prepare(&n).unwrap();
-        m.freeze();
+        m.prepare(&n).unwrap().wait().unwrap();
         assert_eq!(m.uncommitted_bytes(), 0, "the bound counts the open layer");
         // n+1: b deleted, c written.
         m.access(0).delete("s", b"b").unwrap();
@@ -1150,8 +1197,7 @@ mod tests {
         );
         // A failed n: abort drops it with its successor, and its pending entry.
         m.access(0).put("s", b"a", b"lost".to_vec()).unwrap();
-        m.prepare(&[(0, 3, offsets(3))]).unwrap();
-        m.freeze();
+        m.prepare(&[(0, 3, offsets(3))]).unwrap().wait().unwrap();
         m.access(0).put("s", b"b", b"lost".to_vec()).unwrap();
         m.abort().unwrap();
         assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"n".to_vec()));
@@ -1160,8 +1206,7 @@ mod tests {
         // An outcome not known (stopping): forget drops both layers, the entry stays for
         // recovery to decide.
         m.access(0).put("s", b"a", b"unknown".to_vec()).unwrap();
-        m.prepare(&[(0, 3, offsets(3))]).unwrap();
-        m.freeze();
+        m.prepare(&[(0, 3, offsets(3))]).unwrap().wait().unwrap();
         m.forget().unwrap();
         assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"n".to_vec()));
         assert_eq!(m.pending(0).unwrap().map(|p| p.seq), Some(3));
@@ -1186,8 +1231,7 @@ mod tests {
         m.access(0).put("s", b"a", b"1".to_vec()).unwrap();
         m.access(0).put("s", b"b", b"1".to_vec()).unwrap();
         let commits = vec![(0, 1, offsets(5))];
-        m.prepare(&commits).unwrap();
-        m.freeze();
+        m.prepare(&commits).unwrap().wait().unwrap();
         let (release, hold) = std::sync::mpsc::channel();
         m.hold_apply = Some(hold);
         m.apply(&commits, &BTreeMap::new()).unwrap();
@@ -1212,12 +1256,16 @@ mod tests {
             m.meta(0).unwrap().map(|t| (t.seq, t.offsets)),
             Some((1, offsets(5)))
         );
-        assert_eq!(m.pending(0).unwrap(), None, "the write deletes it");
         assert_eq!(m.tasks().unwrap().len(), 1);
-        // The next prepare waits for the write (its pending entry comes after the deletion).
-        release.send(()).unwrap();
+        // The next prepare's write comes after it (its pending entry after the deletion), and
+        // the prepare does not wait for that.
         let next = vec![(0, 2, offsets(6))];
-        m.prepare(&next).unwrap();
+        let prepared = m.prepare(&next).unwrap();
+        let held: Pending =
+            serde_json::from_slice(&m.db.get(task_key(PENDING, 0)).unwrap().unwrap()).unwrap();
+        assert_eq!(held.seq, 1, "written before the held apply");
+        release.send(()).unwrap();
+        prepared.wait().unwrap();
         assert_eq!(
             m.db.get(data_key(0, "s", b"a")).unwrap(),
             Some(b"1".to_vec()),
@@ -1235,31 +1283,35 @@ mod tests {
         let mut m = open(&dir);
         m.access(0).put("s", b"a", b"1".to_vec()).unwrap();
         let commits = vec![(0, 1, offsets(5))];
-        m.prepare(&commits).unwrap();
-        m.freeze();
+        m.prepare(&commits).unwrap().wait().unwrap();
         m.fail_apply = true;
         m.apply(&commits, &BTreeMap::new()).unwrap();
-        while m
-            .applying
-            .as_ref()
-            .and_then(|a| a.thread.as_ref())
-            .is_some_and(|t| !t.is_finished())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        // The read joins the finished thread: the layer stays readable, the failure noted.
+        m.join_applying(true);
+        // The layer stays readable, the failure noted.
         assert_eq!(m.access(0).get("s", b"a").unwrap(), Some(b"1".to_vec()));
         assert!(m.applying.as_ref().is_some_and(|a| a.failed.is_some()));
-        let err = m.prepare(&[(0, 2, offsets(6))]).unwrap_err().to_string();
+        // A prepare after it is not written: it would roll forward without the lost write.
+        let err = m
+            .prepare(&[(0, 2, offsets(6))])
+            .unwrap()
+            .wait()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not written after an earlier write failed"),
+            "{err}"
+        );
+        let err = m.abort().unwrap_err().to_string();
         assert!(
             err.contains("writing a committed transaction's state"),
             "{err}"
         );
-        assert_eq!(
-            m.pending(0).unwrap().map(|p| p.seq),
-            Some(1),
-            "the failed write's pending entry stays for recovery; the next one was not written"
-        );
+        // Every state write after it fails too; the database keeps the failed write's pending
+        // entry for recovery, and not the next one.
+        assert!(m.pending(0).is_err());
+        let kept: Pending =
+            serde_json::from_slice(&m.db.get(task_key(PENDING, 0)).unwrap().unwrap()).unwrap();
+        assert_eq!(kept.seq, 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1276,8 +1328,7 @@ mod tests {
         assert_eq!(read(&mut m), Some(b"1".to_vec()), "written through");
         // A pending entry that recovery rolls forward.
         m.access(0).put("s", b"a", b"2".to_vec()).unwrap();
-        m.prepare(&[(0, 2, offsets(2))]).unwrap();
-        m.freeze();
+        m.prepare(&[(0, 2, offsets(2))]).unwrap().wait().unwrap();
         m.forget().unwrap();
         assert_eq!(read(&mut m), Some(b"1".to_vec()), "not yet decided");
         let k: Committed = [("in".to_string(), (Some(2), Some(2)))].into();
@@ -1306,7 +1357,7 @@ mod tests {
         m.access(0).put("s", b"k", b"v".to_vec()).unwrap();
         m.access(1).put("s", b"k", b"w".to_vec()).unwrap();
         let commits = vec![(0, 1, offsets(5)), (1, 1, offsets(9))];
-        m.prepare(&commits).unwrap();
+        m.prepare(&commits).unwrap().wait().unwrap();
         drop(m); // crash between prepare and apply
         let mut m = open(&dir);
         // Kafka has seq 1 at offset 5 for task 0 (committed), nothing for task 1 (not).
@@ -1435,7 +1486,7 @@ mod damage {
         committed(&dir, 10, vec![StoreSpec::new("s")]);
         {
             let (mut m, _) = StateManager::open(&dir, vec![StoreSpec::new("s")]).unwrap();
-            m.prepare(&[(0, 2, offsets(20))]).unwrap();
+            m.prepare(&[(0, 2, offsets(20))]).unwrap().wait().unwrap();
             let full = m.db.get(task_key(PENDING, 0)).unwrap().unwrap();
             m.db.put(task_key(PENDING, 0), &full[..full.len() / 2])
                 .unwrap();

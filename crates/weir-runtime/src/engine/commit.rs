@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   begin ─> produce (each batch's outputs) ─> ... ─> at the commit point (CommitReason):
-//!       changelog ─> send_offsets ─> prepare ─> commit_txn ─> apply      (exactly_once)
+//!       changelog ─> prepare ─> send_offsets ─> commit_txn ─> apply      (exactly_once)
 //!       changelog ─> flush, commit offsets ─> apply                     (at_least_once)
 //!   on a failure (txn::Failure): abort_and_rewind, or stop
 //! ```
@@ -13,9 +13,9 @@
 //! | begin | `begin_transaction` (local to the client) | [`Engine::begin`] |
 //! | produce | the operator's outputs into the transaction | [`Engine::produce`] |
 //! | changelog | the final value of each written key, to the task's changelog partition | [`Engine::changelog`] |
+//! | prepare | the state delta and its target offsets, durable, as a pending entry: written on the state's writer thread while the next steps go on | [`Engine::prepare`] |
 //! | send offsets | `send_offsets_to_transaction(positions, group metadata)` (EOS v2) | [`Engine::send_offsets`] |
-//! | prepare | the state delta and its target offsets, durable, as a pending entry | [`Engine::prepare`] |
-//! | commit | `commit_transaction`: Kafka decides | [`Engine::commit_txn`] |
+//! | commit | every output acknowledged and the prepare durable, then `commit_transaction`: Kafka decides | [`Engine::commit_txn`] |
 //! | apply | state + offsets (R = K) in one atomic write; the pending entry goes | [`Engine::apply`] |
 //! | abort / rewind | abort, drop the uncommitted work, seek back to the committed offsets | [`Engine::abort_and_rewind`] |
 //!
@@ -43,7 +43,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use rdkafka::TopicPartitionList;
 use weir_core::{Bytes, CommitInfo, Output, TopicPartition};
-use weir_state::{changelog_topic, Marks, StateManager, TaskCommit};
+use weir_state::{changelog_topic, Marks, Prepared, StateManager, TaskCommit};
 
 use super::overlap::Committing;
 use super::{to_tpl, Engine, Health};
@@ -59,6 +59,27 @@ pub(crate) type Offsets = Vec<(TopicPartition, i64)>;
 
 /// Per (store, task): the changelog offset after a transaction's last record there.
 pub(crate) type ChangelogNext = BTreeMap<(String, i32), i64>;
+
+/// A transaction's state side from its commit point on: what each task commits, the marks its
+/// offsets carry, and its prepare, under way on the state's writer thread (`None` without
+/// state or tasks to commit).
+pub(super) struct Prepare {
+    pub(super) commits: Vec<TaskCommit>,
+    pub(super) marks: BTreeMap<i32, Marks>,
+    pub(super) written: Option<Prepared>,
+}
+
+impl Prepare {
+    /// Waits until the prepare is durable (a blocking call: on the blocking pool, or a
+    /// background commit's thread).
+    pub(super) fn wait(written: Option<Prepared>) -> Result<(), weir_state::StateStoreError> {
+        if let Some(p) = written {
+            p.wait()?;
+            failpoint("after_prepare");
+        }
+        Ok(())
+    }
+}
 
 /// How transactions commit (see the module documentation).
 #[derive(Debug)]
@@ -279,13 +300,15 @@ impl Engine {
             return Ok(());
         }
         let overlap = matches!(&self.mode, Mode::Overlapped { spare: Some(_), .. });
-        let mut changelog_sent = false;
+        let mut prepared = None;
         if overlap && reason == CommitReason::Interval && self.txn_open {
             // Step 3 first: the changelog records are outputs of this transaction too.
             if !self.changelog().await? {
                 return Ok(());
             }
-            changelog_sent = true;
+            failpoint("after_produce");
+            // The prepare's write goes on while the outputs drain.
+            let prepare = self.prepare().await?;
             // The next transaction's outputs may go out only once every output of this one is
             // written, so that each output partition keeps the order of its inputs. If the
             // producer cannot drain now, the commit takes the in-line path. (Holding the next
@@ -293,13 +316,14 @@ impl Engine {
             // was measured on 2026-11-27: no gain, 45 MiB more RSS; see docs/benchmarks.md.)
             let producer = Arc::clone(&self.producer);
             if blocking(move || drain(&producer)).await {
-                return self.commit_in_background(reason).await;
+                return self.commit_in_background(reason, prepare).await;
             }
+            prepared = Some(prepare);
         }
         let started = Instant::now();
         let committed = match self.mode {
             Mode::AtLeastOnce => self.commit_offsets().await?,
-            Mode::InLine | Mode::Overlapped { .. } => self.commit_in_line(changelog_sent).await?,
+            Mode::InLine | Mode::Overlapped { .. } => self.commit_in_line(prepared).await?,
         };
         let Some(offsets) = committed else {
             return Ok(());
@@ -312,28 +336,37 @@ impl Engine {
             .await
     }
 
-    /// Steps 3–7 in line (step 3 unless `changelog_sent`). Returns the committed offsets, or
-    /// `None` when nothing was open (or the transaction had to be aborted, in which case the
-    /// work is replayed).
+    /// Steps 3–7 in line (steps 3 and 5 unless `prepared`: they were taken already). Returns
+    /// the committed offsets, or `None` when nothing was open (or the transaction had to be
+    /// aborted, in which case the work is replayed).
     async fn commit_in_line(
         &mut self,
-        changelog_sent: bool,
+        prepared: Option<Prepare>,
     ) -> Result<Option<Offsets>, RuntimeError> {
         if !self.txn_open {
             return Ok(None);
         }
         let offsets = self.position_list();
         self.check_forward(&offsets);
-        if !changelog_sent && !self.changelog().await? {
-            return Ok(None);
-        }
-        failpoint("after_produce");
-        let (commits, marks) = self.state_commits()?;
+        let prepare = match prepared {
+            Some(prepare) => prepare,
+            None => {
+                if !self.changelog().await? {
+                    return Ok(None);
+                }
+                failpoint("after_produce");
+                self.prepare().await?
+            }
+        };
+        let Prepare {
+            commits,
+            marks,
+            written,
+        } = prepare;
         if !self.send_offsets(&offsets, &marks).await? {
             return Ok(None);
         }
-        self.prepare(&commits).await?;
-        if !self.commit_txn().await? {
+        if !self.commit_txn(written).await? {
             return Ok(None);
         }
         self.txn_open = false;
@@ -416,25 +449,46 @@ impl Engine {
         Ok(true)
     }
 
-    /// Step 5: prepare — the delta and its target offsets, durable before Kafka decides; the
-    /// transaction's writes become the state's committing layer (`StateManager::freeze`).
-    pub(super) async fn prepare(&mut self, commits: &[TaskCommit]) -> Result<(), RuntimeError> {
-        if !commits.is_empty() {
-            let c = commits.to_vec();
-            if let Some(Err(e)) = self.state_blocking(move |s| s.prepare(&c)).await {
-                return Err(self.stop(e.into()).await);
+    /// Step 5: prepare — the transaction's writes become the state's committing layer, and
+    /// their delta with its target offsets goes to the state's writer thread as a synced
+    /// pending entry (`StateManager::prepare`), which must be durable before Kafka decides
+    /// ([`Prepare::wait`], before `commit_transaction`). Meanwhile the offsets are sent and the
+    /// outputs drain.
+    pub(super) async fn prepare(&mut self) -> Result<Prepare, RuntimeError> {
+        let (commits, marks) = self.state_commits()?;
+        let written = match self.state.as_mut() {
+            Some(state) if !commits.is_empty() => match state.prepare(&commits) {
+                Ok(written) => Some(written),
+                Err(e) => return Err(self.stop(e.into()).await),
+            },
+            Some(state) => {
+                state.freeze();
+                None
             }
-            failpoint("after_prepare");
-        }
-        if let Some(state) = self.state.as_mut() {
-            state.freeze();
-        }
-        Ok(())
+            None => None,
+        };
+        Ok(Prepare {
+            commits,
+            marks,
+            written,
+        })
     }
 
-    /// Step 6: `commit_transaction` — Kafka is the commit point: outputs, offsets and changelog
-    /// records become visible together. Returns `false` when aborted instead.
-    async fn commit_txn(&mut self) -> Result<bool, RuntimeError> {
+    /// Step 6: `commit_transaction` once every output is acknowledged and the prepare is
+    /// durable — Kafka is the commit point: outputs, offsets and changelog records become
+    /// visible together. Returns `false` when aborted instead.
+    async fn commit_txn(&mut self, prepared: Option<Prepared>) -> Result<bool, RuntimeError> {
+        if prepared.is_some() {
+            let producer = Arc::clone(&self.producer);
+            let durable = blocking(move || {
+                drain(&producer);
+                Prepare::wait(prepared)
+            })
+            .await;
+            if let Err(e) = durable {
+                return Err(self.stop(e.into()).await);
+            }
+        }
         let committed = txn::call("commit_transaction", &self.producer, |p| {
             drain(p);
             p.commit_transaction(CALL_TIMEOUT)
@@ -608,6 +662,7 @@ impl Engine {
                 };
                 Err(self.stop(err).await)
             }
+            Failure::State(e) => Err(self.stop(e.into()).await),
         }
     }
 
@@ -678,6 +733,7 @@ impl Engine {
                         waited: WATCHDOG,
                     }
                 }
+                Failure::State(e) => e.into(),
             };
             return Err(self.stop(err).await);
         }

@@ -16,7 +16,7 @@ use rdkafka::producer::Producer;
 use weir_core::TopicPartition;
 use weir_state::TaskCommit;
 
-use super::commit::{to_commit_tpl, ChangelogNext, Mode, Offsets};
+use super::commit::{to_commit_tpl, ChangelogNext, Mode, Offsets, Prepare};
 use super::Engine;
 use crate::failpoint::{failpoint, failpoint_error};
 use crate::producer::{drain, WeirProducer};
@@ -63,20 +63,24 @@ impl std::fmt::Debug for Committing {
 }
 
 impl Engine {
-    /// Step 5 (prepare) here, then steps 4 and 6 of an overlapped commit on a thread of its
-    /// own, while the spare producer becomes current. The outcome is taken up by
-    /// [`settle_committing`](Self::settle_committing), which applies the state (step 7).
+    /// Steps 4 and 6 of an overlapped commit — once its prepare (step 5, under way) is
+    /// durable — on a thread of its own, while the spare producer becomes current. The outcome
+    /// is taken up by [`settle_committing`](Self::settle_committing), which applies the state
+    /// (step 7).
     pub(super) async fn commit_in_background(
         &mut self,
         reason: CommitReason,
+        prepare: Prepare,
     ) -> Result<(), RuntimeError> {
-        failpoint("after_produce");
         let offsets = self.position_list();
         self.check_forward(&offsets);
-        let (commits, marks) = self.state_commits()?;
+        let Prepare {
+            commits,
+            marks,
+            written,
+        } = prepare;
         // Every output is acknowledged (drained): the changelog offsets are this transaction's.
         let changelog_next = self.changelog_next();
-        self.prepare(&commits).await?;
         let group = self.group_metadata().await?;
         let times = self.times_of(&offsets);
         let tpl = (!offsets.is_empty()).then(|| Arc::new(to_commit_tpl(&offsets, &marks, &times)));
@@ -102,6 +106,10 @@ impl Engine {
                     )),
                 });
             }
+            Prepare::wait(written).map_err(|e| Failed {
+                during: "prepare",
+                failure: Failure::State(e),
+            })?;
             if let Some(tpl) = tpl {
                 txn::call_blocking("send_offsets_to_transaction", &p, move |p| {
                     p.send_offsets_to_transaction(&tpl, &group, CALL_TIMEOUT)
