@@ -19,7 +19,7 @@
 //!   copied, which costs less than the reference and its release on the producer's thread;
 //! - the topic is given as a handle (`rd_kafka_topic_t`), made once per producer and topic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
 use std::ops::Deref;
 use std::ptr;
@@ -154,7 +154,6 @@ impl WeirProducer {
     /// been moved to the producer.
     #[allow(unsafe_code)]
     pub(crate) fn produce(&self, topic: &str, out: &mut Output) -> Result<(), KafkaError> {
-        use rd::rd_kafka_vtype_t::*;
         let rkt = self.topic(topic)?;
         // A held value moves into the opaque (its data does not move), and back on an error.
         let held = match out.value.take() {
@@ -164,18 +163,13 @@ impl WeirProducer {
                 Held(None)
             }
         };
-        let (value_ptr, value_len) = match held.0.as_ref().or(out.value.as_ref()) {
-            None => (ptr::null_mut(), 0),
-            Some(v) => (v.as_ptr() as *mut c_void, v.len()),
-        };
+        // A pointer, not a borrow: a held value's data stays where it is when it moves.
+        let value = parts(held.0.as_deref().or(out.value.as_deref()));
         let flags = if held.0.is_some() {
             0
         } else {
             rd::RD_KAFKA_MSG_F_COPY
         };
-        let (key_ptr, key_len) = out.key.as_deref().map_or((ptr::null_mut(), 0), |k| {
-            (k.as_ptr() as *mut c_void, k.len())
-        });
         let headers = if out.headers.is_empty() {
             ptr::null_mut()
         } else {
@@ -200,33 +194,19 @@ impl WeirProducer {
             }
         };
         let opaque = held.into_ptr();
-        // SAFETY: every pointer is valid for the call. librdkafka copies the key, the headers
-        // (it takes ownership of them on success) and, with `RD_KAFKA_MSG_F_COPY`, the value;
-        // an uncopied value stays alive in `opaque` until librdkafka hands it back.
-        let err = unsafe {
-            rd::rd_kafka_producev(
-                self.inner.client().native_ptr(),
-                RD_KAFKA_VTYPE_RKT,
-                rkt,
-                RD_KAFKA_VTYPE_PARTITION,
-                out.partition.unwrap_or(-1),
-                RD_KAFKA_VTYPE_MSGFLAGS,
-                flags,
-                RD_KAFKA_VTYPE_VALUE,
-                value_ptr,
-                value_len,
-                RD_KAFKA_VTYPE_KEY,
-                key_ptr,
-                key_len,
-                RD_KAFKA_VTYPE_OPAQUE,
-                opaque,
-                RD_KAFKA_VTYPE_TIMESTAMP,
-                out.timestamp_ms.unwrap_or(0),
-                RD_KAFKA_VTYPE_HEADERS,
-                headers,
-                RD_KAFKA_VTYPE_END,
-            )
+        let message = Raw {
+            partition: out.partition.unwrap_or(-1),
+            flags,
+            key: parts(out.key.as_deref()),
+            value,
+            opaque,
+            timestamp_ms: out.timestamp_ms.unwrap_or(0),
+            headers,
         };
+        // SAFETY: librdkafka copies the key, the headers (it takes ownership of them on
+        // success) and, with `RD_KAFKA_MSG_F_COPY`, the value; an uncopied value stays alive in
+        // `opaque` until librdkafka hands it back.
+        let err = unsafe { self.producev(rkt, message) };
         if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Ok(());
         }
@@ -241,6 +221,89 @@ impl WeirProducer {
         }
         Err(KafkaError::MessageProduction(err.into()))
     }
+
+    /// Hands a record of borrowed key and value to librdkafka for `topic`'s `partition`, copied
+    /// (a changelog record, straight from the state's layer: no [`Output`] in between). Errors
+    /// as [`produce`](Self::produce)'s; on an error librdkafka has taken nothing.
+    #[allow(unsafe_code)]
+    pub(crate) fn produce_copy(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
+        let rkt = self.topic(topic)?;
+        let message = Raw {
+            partition,
+            flags: rd::RD_KAFKA_MSG_F_COPY,
+            key: parts(Some(key)),
+            value: parts(value),
+            opaque: ptr::null_mut(),
+            timestamp_ms: 0,
+            headers: ptr::null_mut(),
+        };
+        // SAFETY: librdkafka copies the key and the value before returning.
+        let err = unsafe { self.producev(rkt, message) };
+        if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Ok(());
+        }
+        Err(KafkaError::MessageProduction(err.into()))
+    }
+
+    /// `rd_kafka_producev` of `message` to the topic `rkt`.
+    ///
+    /// # Safety
+    ///
+    /// `rkt` is a handle of this producer's client, the key and value are valid for the call,
+    /// `message.headers` is null or a valid headers list, and a value passed without
+    /// `RD_KAFKA_MSG_F_COPY` stays alive until the delivery report hands `message.opaque` back.
+    #[allow(unsafe_code)]
+    unsafe fn producev(&self, rkt: *mut rd::rd_kafka_topic_t, message: Raw)  -> rd::rd_kafka_resp_err_t {
+        use rd::rd_kafka_vtype_t::*;
+        let ((value_ptr, value_len), (key_ptr, key_len)) = (message.value, message.key);
+        // SAFETY: every pointer is valid for the call (the caller's contract for the rest).
+        unsafe {
+            rd::rd_kafka_producev(
+                self.inner.client().native_ptr(),
+                RD_KAFKA_VTYPE_RKT,
+                rkt,
+                RD_KAFKA_VTYPE_PARTITION,
+                message.partition,
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                message.flags,
+                RD_KAFKA_VTYPE_VALUE,
+                value_ptr,
+                value_len,
+                RD_KAFKA_VTYPE_KEY,
+                key_ptr,
+                key_len,
+                RD_KAFKA_VTYPE_OPAQUE,
+                message.opaque,
+                RD_KAFKA_VTYPE_TIMESTAMP,
+                message.timestamp_ms,
+                RD_KAFKA_VTYPE_HEADERS,
+                message.headers,
+                RD_KAFKA_VTYPE_END,
+            )
+        }
+    }
+}
+
+/// One record's arguments of `rd_kafka_producev` (see [`WeirProducer::producev`]).
+struct Raw {
+    partition: i32,
+    flags: i32,
+    key: (*mut c_void, usize),
+    value: (*mut c_void, usize),
+    opaque: *mut c_void,
+    timestamp_ms: i64,
+    headers: *mut rd::rd_kafka_headers_t,
+}
+
+/// A byte string as librdkafka takes it: pointer and length (null for none).
+fn parts(bytes: Option<&[u8]>) -> (*mut c_void, usize) {
+    bytes.map_or((ptr::null_mut(), 0), |b| (b.as_ptr() as *mut c_void, b.len()))
 }
 
 /// Counts failed deliveries since the last commit; read at commit time.
@@ -269,7 +332,9 @@ impl DeliveryState {
         self.failed.store(0, Ordering::SeqCst);
         *self.first.lock().expect("poisoned") = None;
         *self.too_large.lock().expect("poisoned") = None;
-        self.changelogs.lock().expect("poisoned").delivered.clear();
+        for delivered in self.changelogs.lock().expect("poisoned").topics.values_mut() {
+            delivered.clear();
+        }
     }
 
     /// The failed deliveries since the last commit, and the first failure's description.
@@ -283,21 +348,33 @@ impl DeliveryState {
 
     pub(crate) fn track_changelogs(&self, topics: impl IntoIterator<Item = String>) {
         let mut changelogs = self.changelogs.lock().expect("poisoned");
-        changelogs.topics.extend(topics);
+        for topic in topics {
+            changelogs.topics.entry(topic).or_default();
+        }
         self.tracking
             .store(!changelogs.topics.is_empty(), Ordering::SeqCst);
     }
 
     pub(crate) fn take_changelog_offsets(&self) -> BTreeMap<(String, i32), i64> {
-        std::mem::take(&mut self.changelogs.lock().expect("poisoned").delivered)
+        let mut changelogs = self.changelogs.lock().expect("poisoned");
+        let mut taken = BTreeMap::new();
+        for (topic, delivered) in &mut changelogs.topics {
+            taken.extend(
+                std::mem::take(delivered)
+                    .into_iter()
+                    .map(|(p, o)| ((topic.clone(), p), o)),
+            );
+        }
+        taken
     }
 }
 
-/// Which topics are changelogs, and per changelog partition the highest offset delivered.
+/// The changelog topics, each with the highest offset delivered per partition (looked up by
+/// the delivered record's topic name, with no allocation: every delivery of a stateful
+/// application comes through here).
 #[derive(Debug, Default)]
 struct ChangelogTracker {
-    topics: BTreeSet<String>,
-    delivered: BTreeMap<(String, i32), i64>,
+    topics: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
 /// The producer's context: records delivery failures.
@@ -314,9 +391,10 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _value: Held) {
         if let (Ok(message), true) = (result, self.0.tracking.load(Ordering::Relaxed)) {
             let mut changelogs = self.0.changelogs.lock().expect("poisoned");
-            if changelogs.topics.contains(message.topic()) {
-                let key = (message.topic().to_string(), message.partition());
-                let max = changelogs.delivered.entry(key).or_insert(message.offset());
+            if let Some(delivered) = changelogs.topics.get_mut(message.topic()) {
+                let max = delivered
+                    .entry(message.partition())
+                    .or_insert(message.offset());
                 *max = (*max).max(message.offset());
             }
         }

@@ -8,6 +8,7 @@ use std::ops::{Bound, RangeBounds};
 use rocksdb::{Direction, IteratorMode};
 use weir_core::{StateAccess, StateError};
 
+use crate::filter::KeyHash;
 use crate::manager::{data_key, data_prefix, StateManager};
 
 /// One task's stores, as [`StateAccess`] for the operator's context.
@@ -41,13 +42,23 @@ impl TaskAccess<'_> {
 
     fn write(&mut self, store: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StateError> {
         self.check(store)?;
-        self.manager.uncommitted_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-        let entries = self.manager.overlays.entry(self.task).or_default();
+        let m = &mut *self.manager;
+        m.uncommitted_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        let h = KeyHash::of(self.task, store, key);
+        // A key the layer certainly lacks is inserted without looking for it first.
+        let maybe_there = m.open_filter.may_contain(h);
+        m.open_filter.insert(h);
+        let entries = m.overlays.entry(self.task).or_default();
         let entries = match entries.get_mut(store) {
             Some(entries) => entries,
             None => entries.entry(store.to_string()).or_default(),
         };
-        match entries.get_mut(key) {
+        let slot = if maybe_there {
+            entries.get_mut(key)
+        } else {
+            None
+        };
+        match slot {
             Some(slot) => *slot = value,
             None => {
                 entries.insert(key.to_vec(), value);
@@ -64,7 +75,11 @@ impl StateAccess for TaskAccess<'_> {
         // waited for).
         self.manager.join_applying(false);
         let m = &mut *self.manager;
-        for layer in m.layers() {
+        let h = KeyHash::of(self.task, store, key);
+        for (layer, filter) in m.layers() {
+            if !filter.may_contain(h) {
+                continue;
+            }
             if let Some(v) = layer
                 .get(&self.task)
                 .and_then(|o| o.get(store))
@@ -125,7 +140,7 @@ impl StateAccess for TaskAccess<'_> {
         }
         // The applying layer over the database, the committing one over it, the open one over
         // all.
-        for layer in self.manager.layers().rev() {
+        for (layer, _) in self.manager.layers().rev() {
             let entries = layer
                 .get(&self.task)
                 .and_then(|o| o.get(store))

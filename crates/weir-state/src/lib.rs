@@ -33,6 +33,7 @@
 mod access;
 mod cache;
 mod delta;
+mod filter;
 mod manager;
 pub mod marks;
 pub mod standing;

@@ -11,6 +11,7 @@ use weir_core::StoreSpec;
 use crate::access::TaskAccess;
 use crate::cache::ReadCache;
 use crate::delta::{self, Change};
+use crate::filter::KeyFilter;
 use crate::writer::{Writer, Written};
 use crate::Standing;
 
@@ -214,6 +215,7 @@ pub(crate) type Layer = BTreeMap<i32, Overlay>;
 /// the read cache.
 pub(crate) struct Applying {
     pub(crate) layer: Arc<Layer>,
+    filter: KeyFilter,
     metas: BTreeMap<i32, TaskMeta>,
     /// The write's receipt, until it is taken.
     done: Option<Written>,
@@ -256,8 +258,11 @@ pub struct StateManager {
     path: PathBuf,
     pub(crate) stores: BTreeMap<String, StoreSpec>,
     pub(crate) overlays: BTreeMap<i32, Overlay>,
+    /// Every key of `overlays` (see `filter.rs`).
+    pub(crate) open_filter: KeyFilter,
     /// Shared with the writer thread while the prepare writes it.
     pub(crate) committing: Arc<Layer>,
+    committing_filter: KeyFilter,
     pub(crate) applying: Option<Applying>,
     /// Writes the prepares and applies, in order, on a thread of its own.
     writer: Writer,
@@ -357,7 +362,9 @@ impl StateManager {
                 path: path.to_path_buf(),
                 stores: stores.into_iter().map(|s| (s.name.clone(), s)).collect(),
                 overlays: BTreeMap::new(),
+                open_filter: KeyFilter::default(),
                 committing: Arc::default(),
+                committing_filter: KeyFilter::default(),
                 applying: None,
                 writer,
                 cache: ReadCache::new(0),
@@ -465,12 +472,16 @@ impl StateManager {
     }
 
     /// The layers of writes not in the database yet, newest first: the open transaction's, the
-    /// committing one's, the applying one's.
-    pub(crate) fn layers(&self) -> impl DoubleEndedIterator<Item = &Layer> {
-        let applying = self.applying.as_ref().map(|a| &*a.layer);
-        [Some(&self.overlays), Some(&self.committing), applying]
-            .into_iter()
-            .flatten()
+    /// committing one's, the applying one's; each with the filter of its keys.
+    pub(crate) fn layers(&self) -> impl DoubleEndedIterator<Item = (&Layer, &KeyFilter)> {
+        let applying = self.applying.as_ref().map(|a| (&*a.layer, &a.filter));
+        [
+            Some((&self.overlays, &self.open_filter)),
+            Some((&*self.committing, &self.committing_filter)),
+            applying,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// The declared stores.
@@ -608,6 +619,7 @@ impl StateManager {
             "a transaction froze while another was committing"
         );
         self.committing = Arc::new(std::mem::take(&mut self.overlays));
+        self.committing_filter = std::mem::take(&mut self.open_filter);
         self.uncommitted_bytes = 0;
     }
 
@@ -673,6 +685,7 @@ impl StateManager {
         }));
         self.applying = Some(Applying {
             layer,
+            filter: std::mem::take(&mut self.committing_filter),
             metas,
             done: Some(done),
             failed: None,
@@ -702,7 +715,9 @@ impl StateManager {
         // The layers go even when the applying write failed (its error is still reported).
         let settled = self.settle();
         self.overlays.clear();
+        self.open_filter = KeyFilter::default();
         self.committing = Arc::default();
+        self.committing_filter = KeyFilter::default();
         self.uncommitted_bytes = 0;
         settled
     }
@@ -711,6 +726,7 @@ impl StateManager {
     /// in flight (its outcome applies it or drops it).
     pub fn abort_open(&mut self) -> Result<(), StateStoreError> {
         self.overlays.clear();
+        self.open_filter = KeyFilter::default();
         self.uncommitted_bytes = 0;
         Ok(())
     }

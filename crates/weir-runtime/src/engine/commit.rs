@@ -400,20 +400,28 @@ impl Engine {
             return Ok(true);
         };
         let app = &self.config.application_id;
+        let producer = &self.producer;
         let outputs = &mut self.outputs;
         let before = outputs.len();
         // The writes come store by store: the topic's name is made once per store.
         let mut topic: Option<(String, String)> = None;
+        // Each record goes to librdkafka straight from the state's layer. From the first one
+        // it refuses (its queue full, the transaction in an abortable state, ...) on, the rest
+        // take the outputs' path, which waits, aborts or stops as each error asks.
+        let mut refused = false;
         state.for_each_changelog_write(|store, task, key, value| {
-            let name = match &topic {
-                Some((s, name)) if s == store => name.clone(),
-                _ => topic
-                    .insert((store.to_string(), changelog_topic(app, store)))
-                    .1
-                    .clone(),
-            };
+            if !topic.as_ref().is_some_and(|(s, _)| s == store) {
+                topic = Some((store.to_string(), changelog_topic(app, store)));
+            }
+            let name = topic.as_ref().map_or("", |(_, name)| name);
+            if !refused {
+                match producer.produce_copy(name, task, key, value) {
+                    Ok(()) => return,
+                    Err(_) => refused = true,
+                }
+            }
             outputs.push(Output {
-                topic: Some(name),
+                topic: Some(name.to_string()),
                 partition: Some(task),
                 key: Some(Bytes::copy_from_slice(key)),
                 value: value.map(Bytes::copy_from_slice),
