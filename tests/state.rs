@@ -248,6 +248,57 @@ fn a_failed_overlapped_commit_drops_the_state_of_both_transactions() {
     t.verify_with(Some(live));
 }
 
+/// A prepare that fails (`WEIR_FAILPOINT_ERROR=prepare:3`: the third one reports a failure
+/// once its write is done) stops the application before its transaction commits, in line and
+/// overlapped (where the prepare is waited for on the background commit's thread): the next
+/// start finds the state in step with the committed offsets — no restore from the changelog,
+/// which a transaction committed without its prepare would need — and every aggregate exact.
+#[test]
+fn a_failed_prepare_stops_before_its_transaction_commits() {
+    let kafka = shared();
+    for overlap in ["true", "false"] {
+        let t = Totals::new(kafka, 2);
+        let records = payments(20_000, 300, 2, 17);
+        kafka.produce(&t.input, records[..2_000].to_vec());
+        let state = state_dir();
+        let setting = format!("commit.overlap={overlap}");
+        let args = ["--set", setting.as_str()];
+        let mut failing = t.start_with(&state, &[("WEIR_FAILPOINT_ERROR", "prepare:3")], &args);
+        let mut sent = 2_000;
+        while failing.is_running() && sent < 10_000 {
+            kafka.produce(&t.input, records[sent..sent + 500].to_vec());
+            sent += 500;
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let status = failing.wait(Duration::from_secs(60));
+        let log = t.last_log();
+        assert!(
+            log.contains("failpoint prepare reached"),
+            "overlap={overlap}: the failpoint was not reached ({status}):\n{log}"
+        );
+        assert!(
+            !status.success() && std::os::unix::process::ExitStatusExt::signal(&status).is_none(),
+            "overlap={overlap}: the run did not stop with an error ({status})"
+        );
+        assert!(
+            log.contains("preparing a commit: failed by WEIR_FAILPOINT_ERROR"),
+            "overlap={overlap}: the error does not say what failed:\n{log}"
+        );
+        kafka.produce(&t.input, records[sent..].to_vec());
+        let totals = t.start_with(&state, &[], &args);
+        t.wait_done(&t.ends());
+        assert!(totals.terminate(Duration::from_secs(30)).success());
+        assert_eq!(
+            restore_starts(&t.last_log()),
+            BTreeMap::new(),
+            "overlap={overlap}: the restart restored state, so a transaction committed without \
+             its prepare"
+        );
+        t.verify();
+        eprintln!("overlap={overlap}: a failed prepare stopped the run; restarted in step, exact");
+    }
+}
+
 #[test]
 fn state_is_restored_from_the_changelog_when_the_directory_is_lost_or_the_task_moves() {
     let kafka = shared();

@@ -19,7 +19,8 @@ pub(crate) fn failpoint(name: &str) {
 
 /// Whether a named step should fail (not crash) this time: `WEIR_FAILPOINT_ERROR`, with the
 /// same `name` or `name:N` syntax as [`failpoint`]. Steps: `background_commit` (a commit
-/// overlapping the next transaction fails as if its flush had timed out).
+/// overlapping the next transaction fails as if its flush had timed out), `prepare` (a
+/// prepare's synced write, once done, reports a failure).
 pub(crate) fn failpoint_error(name: &str) -> bool {
     static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);

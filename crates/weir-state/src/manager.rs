@@ -232,6 +232,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The database directory it writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Waits until the prepared commit is durable.
     pub fn wait(self) -> Result<(), StateStoreError> {
         match self.written.map(Written::wait) {

@@ -47,7 +47,7 @@ use weir_state::{changelog_topic, Marks, Prepared, StateManager, TaskCommit};
 
 use super::overlap::Committing;
 use super::{to_tpl, Engine, Health};
-use crate::failpoint::failpoint;
+use crate::failpoint::{failpoint, failpoint_error};
 use crate::producer::{drain, WeirProducer};
 use crate::summary::{CommitReason, Wait};
 use crate::threads::blocking;
@@ -74,7 +74,14 @@ impl Prepare {
     /// background commit's thread).
     pub(super) fn wait(written: Option<Prepared>) -> Result<(), weir_state::StateStoreError> {
         if let Some(p) = written {
+            let path = p.path().to_path_buf();
             p.wait()?;
+            if failpoint_error("prepare") {
+                return Err(weir_state::StateStoreError::Rocks {
+                    path,
+                    message: "preparing a commit: failed by WEIR_FAILPOINT_ERROR".into(),
+                });
+            }
             failpoint("after_prepare");
         }
         Ok(())
