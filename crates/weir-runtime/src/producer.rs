@@ -259,7 +259,11 @@ impl WeirProducer {
     /// `message.headers` is null or a valid headers list, and a value passed without
     /// `RD_KAFKA_MSG_F_COPY` stays alive until the delivery report hands `message.opaque` back.
     #[allow(unsafe_code)]
-    unsafe fn producev(&self, rkt: *mut rd::rd_kafka_topic_t, message: Raw)  -> rd::rd_kafka_resp_err_t {
+    unsafe fn producev(
+        &self,
+        rkt: *mut rd::rd_kafka_topic_t,
+        message: Raw,
+    ) -> rd::rd_kafka_resp_err_t {
         use rd::rd_kafka_vtype_t::*;
         let ((value_ptr, value_len), (key_ptr, key_len)) = (message.value, message.key);
         // SAFETY: every pointer is valid for the call (the caller's contract for the rest).
@@ -291,6 +295,7 @@ impl WeirProducer {
 }
 
 /// One record's arguments of `rd_kafka_producev` (see [`WeirProducer::producev`]).
+#[derive(Clone, Copy)]
 struct Raw {
     partition: i32,
     flags: i32,
@@ -303,7 +308,9 @@ struct Raw {
 
 /// A byte string as librdkafka takes it: pointer and length (null for none).
 fn parts(bytes: Option<&[u8]>) -> (*mut c_void, usize) {
-    bytes.map_or((ptr::null_mut(), 0), |b| (b.as_ptr() as *mut c_void, b.len()))
+    bytes.map_or((ptr::null_mut(), 0), |b| {
+        (b.as_ptr() as *mut c_void, b.len())
+    })
 }
 
 /// Counts failed deliveries since the last commit; read at commit time.
@@ -332,7 +339,13 @@ impl DeliveryState {
         self.failed.store(0, Ordering::SeqCst);
         *self.first.lock().expect("poisoned") = None;
         *self.too_large.lock().expect("poisoned") = None;
-        for delivered in self.changelogs.lock().expect("poisoned").topics.values_mut() {
+        for delivered in self
+            .changelogs
+            .lock()
+            .expect("poisoned")
+            .topics
+            .values_mut()
+        {
             delivered.clear();
         }
     }

@@ -72,7 +72,10 @@ mod tests {
         let false_maybes = (20_000..120_000)
             .filter(|i| f.may_contain(KeyHash::of(1, "s", key(*i).as_bytes())))
             .count();
-        assert!(false_maybes < 4_000, "{false_maybes} of 100,000 absent keys");
+        assert!(
+            false_maybes < 4_000,
+            "{false_maybes} of 100,000 absent keys"
+        );
         // The task and the store are part of what is hashed.
         let other = (0..20_000)
             .filter(|i| f.may_contain(KeyHash::of(2, "s", key(*i).as_bytes())))
@@ -80,6 +83,9 @@ mod tests {
             + (0..20_000)
                 .filter(|i| f.may_contain(KeyHash::of(1, "t", key(*i).as_bytes())))
                 .count();
-        assert!(other < 1_600, "{other} of 40,000 keys of another task or store");
+        assert!(
+            other < 1_600,
+            "{other} of 40,000 keys of another task or store"
+        );
     }
 }

@@ -14,26 +14,29 @@ use crate::manager::rocks_message;
 /// One write, run on the writer's thread.
 pub(crate) type Job = Box<dyn FnOnce() -> Result<(), rocksdb::Error> + Send>;
 
+/// A write's outcome: `Err` with what failed.
+type Outcome = Result<(), String>;
+
 /// See the module documentation.
 pub(crate) struct Writer {
-    jobs: Option<Sender<(Job, SyncSender<Result<(), String>>)>>,
+    jobs: Option<Sender<(Job, SyncSender<Outcome>)>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// The outcome of one write handed to the [`Writer`]: `Err` carries what failed.
 #[derive(Debug)]
-pub(crate) struct Written(Receiver<Result<(), String>>);
+pub(crate) struct Written(Receiver<Outcome>);
 
 impl Written {
     /// Waits for the write.
-    pub(crate) fn wait(self) -> Result<(), String> {
+    pub(crate) fn wait(self) -> Outcome {
         self.0
             .recv()
             .unwrap_or_else(|_| Err("the state's writer thread is gone".into()))
     }
 
     /// The write's outcome if it is done, or the receipt back.
-    pub(crate) fn try_take(self) -> Result<Result<(), String>, Self> {
+    pub(crate) fn try_take(self) -> Result<Outcome, Self> {
         match self.0.try_recv() {
             Ok(outcome) => Ok(outcome),
             Err(TryRecvError::Empty) => Err(self),
@@ -45,7 +48,7 @@ impl Written {
 impl Writer {
     /// Starts the thread; `path` (the database's) names the writes' errors.
     pub(crate) fn start(path: &Path) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<(Job, SyncSender<Result<(), String>>)>();
+        let (jobs, queue) = mpsc::channel::<(Job, SyncSender<Outcome>)>();
         let path: PathBuf = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("weir-state-write".into())
@@ -53,7 +56,9 @@ impl Writer {
                 let mut failed: Option<String> = None;
                 for (job, reply) in queue {
                     let outcome = match &failed {
-                        Some(why) => Err(format!("not written after an earlier write failed ({why})")),
+                        Some(why) => {
+                            Err(format!("not written after an earlier write failed ({why})"))
+                        }
                         None => match std::panic::catch_unwind(AssertUnwindSafe(job)) {
                             Ok(result) => result.map_err(|e| rocks_message(&path, &e)),
                             Err(_) => Err("the thread writing it panicked".to_string()),
@@ -82,7 +87,7 @@ impl Writer {
     }
 
     /// Waits for every write handed over so far; `Err` if one of them failed.
-    pub(crate) fn barrier(&self) -> Result<(), String> {
+    pub(crate) fn barrier(&self) -> Outcome {
         self.submit(Box::new(|| Ok(()))).wait()
     }
 }

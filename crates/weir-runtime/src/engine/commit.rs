@@ -417,7 +417,7 @@ impl Engine {
         // take the outputs' path, which waits, aborts or stops as each error asks.
         let mut refused = false;
         state.for_each_changelog_write(|store, task, key, value| {
-            if !topic.as_ref().is_some_and(|(s, _)| s == store) {
+            if topic.as_ref().is_none_or(|(s, _)| s != store) {
                 topic = Some((store.to_string(), changelog_topic(app, store)));
             }
             let name = topic.as_ref().map_or("", |(_, name)| name);
