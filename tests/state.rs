@@ -251,8 +251,9 @@ fn a_failed_overlapped_commit_drops_the_state_of_both_transactions() {
 /// A prepare that fails (`WEIR_FAILPOINT_ERROR=prepare:3`: the third one reports a failure
 /// once its write is done) stops the application before its transaction commits, in line and
 /// overlapped (where the prepare is waited for on the background commit's thread): the next
-/// start finds the state in step with the committed offsets — no restore from the changelog,
-/// which a transaction committed without its prepare would need — and every aggregate exact.
+/// start rolls its pending entry back (Kafka did not commit it; had it, the entry would roll
+/// forward), resumes in step with no restore from the changelog, and every aggregate is
+/// exact.
 #[test]
 fn a_failed_prepare_stops_before_its_transaction_commits() {
     let kafka = shared();
@@ -288,11 +289,15 @@ fn a_failed_prepare_stops_before_its_transaction_commits() {
         let totals = t.start_with(&state, &[], &args);
         t.wait_done(&t.ends());
         assert!(totals.terminate(Duration::from_secs(30)).success());
+        let log = t.last_log();
+        assert!(
+            log.contains("pending state commit rolled back") && !log.contains("rolled forward"),
+            "overlap={overlap}: the failed prepare's transaction was not left uncommitted:\n{log}"
+        );
         assert_eq!(
-            restore_starts(&t.last_log()),
+            restore_starts(&log),
             BTreeMap::new(),
-            "overlap={overlap}: the restart restored state, so a transaction committed without \
-             its prepare"
+            "overlap={overlap}: the restart restored state"
         );
         t.verify();
         eprintln!("overlap={overlap}: a failed prepare stopped the run; restarted in step, exact");

@@ -14,9 +14,9 @@
 //! | a fatal error | fatal | [`Fatal`](Failure::Fatal) | fenced: stop; otherwise replace the producer and resume every task from the committed offsets (bounded) |
 //! | no return within [`WATCHDOG`] | — | [`Stuck`](Failure::Stuck) | replace the producer, as fatal |
 //!
-//! A background commit waits for its state's prepare before `commit_transaction`: a prepare
-//! that failed is [`State`](Failure::State), and stops the application (the transaction is
-//! not committed).
+//! A background commit waits for its state's prepare before `send_offsets_to_transaction` and
+//! `commit_transaction`: a prepare that failed is [`State`](Failure::State), and stops the
+//! application (the transaction is not committed).
 //!
 //! An `abort_transaction` that fails cannot itself be aborted: its abortable failures stop too.
 //! At start-up (`init_transactions`) every failure stops, naming what the broker needs.

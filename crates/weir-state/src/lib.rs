@@ -17,10 +17,12 @@
 //! ```text
 //! process:  writes go to the task's overlay (reads see overlay, committing layer, applying
 //!           layer, the read cache, then RocksDB)
-//! prepare:  one synced WriteBatch: per dirty task, Pending{seq, target offsets} + delta
-//! (Kafka commit_transaction: the decision)
+//! prepare:  the overlay freezes as the committing layer; one synced WriteBatch: per dirty
+//!           task, Pending{seq, target offsets} + delta, written by the writer thread
+//! (Kafka commit_transaction, once the prepare is durable: the decision)
 //! apply:    one WriteBatch: delta + TaskMeta{offsets, changelog offsets, seq}, pending dropped,
-//!           written on a thread of its own; the next write to RocksDB waits for it
+//!           written by the writer thread after the prepare; any other write to RocksDB
+//!           waits for the writer first
 //! abort:    overlay dropped; pending dropped
 //! ```
 //!

@@ -250,14 +250,15 @@ impl Prepared {
 }
 
 /// RocksDB state of one application instance, with two uncommitted layers per task: the open
-/// transaction's writes, and the writes of the transaction that is committing (prepared, and
-/// frozen with [`freeze`](StateManager::freeze), until [`apply`](StateManager::apply) writes
-/// them or [`abort`](StateManager::abort) drops them). Reads see the open layer, then the
-/// committing one, then the database — through a bounded cache of committed values, written
-/// through by [`apply`](StateManager::apply). With overlapped commits the second layer is in
-/// Kafka's hands while the next transaction fills the first; in line it lasts from prepare to
-/// apply. A committed transaction's layer is written on a thread of its own, and read as a
-/// third layer until the write is done (see [`apply`](StateManager::apply)).
+/// transaction's writes, and the writes of the transaction that is committing (frozen by
+/// [`prepare`](StateManager::prepare), until [`apply`](StateManager::apply) writes them or
+/// [`abort`](StateManager::abort) drops them). Reads see the open layer, then the committing
+/// one, then the database — through a bounded cache of committed values, written through by
+/// [`apply`](StateManager::apply) — skipping the layers whose key filter rules the key out.
+/// With overlapped commits the second layer is in Kafka's hands while the next transaction
+/// fills the first; in line it lasts from prepare to apply. The prepare's and the apply's
+/// writes are made by one writer thread, in order; a committed transaction's layer is read as
+/// a third layer until its write is done (see [`apply`](StateManager::apply)).
 pub struct StateManager {
     pub(crate) db: Arc<DB>,
     path: PathBuf,

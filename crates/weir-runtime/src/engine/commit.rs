@@ -93,7 +93,7 @@ impl Prepare {
 pub(crate) enum Mode {
     /// exactly_once: each transaction commits before the next begins.
     InLine,
-    /// exactly_once with `commit.overlap` (no state stores).
+    /// exactly_once with `commit.overlap`.
     Overlapped {
         /// The producer not in use: the next transaction's. `None` while a transaction commits
         /// in the background, on it (in `committing`).

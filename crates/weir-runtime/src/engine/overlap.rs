@@ -1,8 +1,10 @@
 //! Overlapped commits (`commit.overlap`, exactly_once): transaction n commits in the
 //! background on one producer while n+1 fills on the spare, once n's outputs (its changelog
 //! records included) are acknowledged, so that each output partition keeps its inputs' order.
-//! With state stores, n's writes are prepared (durable, as a pending entry) and frozen as the
-//! state's committing layer first: n+1 reads over them, and they are applied once n commits.
+//! With state stores, n's writes are frozen as the state's committing layer first, and their
+//! prepare handed to the state's writer thread: n+1 reads over them, the background thread
+//! waits for the prepare to be durable before it sends n's offsets and commits, and they are
+//! applied once n commits.
 //! Commits complete in order: the one in the background is settled before anything else
 //! commits or aborts, and a failed one aborts the open transaction too (it holds work, and
 //! state, from after it). See `commit.rs` for the cycle's steps; this is the part of them that
