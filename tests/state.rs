@@ -100,6 +100,26 @@ impl Totals<'_> {
             .end_offsets(&self.input, Isolation::ReadCommitted)
     }
 
+    /// Produces `records[from..until]` to the input, `chunk` every 150 ms, while `run` is
+    /// running; returns where it stopped.
+    fn feed_while_running(
+        &self,
+        run: &mut ChildProcess,
+        records: &[weir_testkit::TestRecord],
+        from: usize,
+        until: usize,
+        chunk: usize,
+    ) -> usize {
+        let mut sent = from;
+        while run.is_running() && sent < until {
+            self.kafka
+                .produce(&self.input, records[sent..sent + chunk].to_vec());
+            sent += chunk;
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        sent
+    }
+
     /// What the latest run wrote to its log.
     fn last_log(&self) -> String {
         let path = self.logs.borrow().last().cloned().expect("a run");
@@ -190,12 +210,7 @@ fn a_crash_at_every_step_of_the_commit_cycle_recovers_in_step() {
         kafka.produce(&t.input, records[..500].to_vec());
         // Crash on the third commit: input keeps arriving until the process dies.
         let mut crashing = t.start_with(&state, &[("WEIR_FAILPOINT", &failpoint_at)], &args);
-        let mut sent = 500;
-        while crashing.is_running() && sent < records.len() {
-            kafka.produce(&t.input, records[sent..sent + 250].to_vec());
-            sent += 250;
-            std::thread::sleep(Duration::from_millis(150));
-        }
+        let sent = t.feed_while_running(&mut crashing, &records, 500, records.len(), 250);
         let status = crashing.wait(Duration::from_secs(60));
         // The failpoint's own words, and the abort(3) it announces: not any other crash.
         let log = t.last_log();
@@ -265,12 +280,7 @@ fn a_failed_prepare_stops_before_its_transaction_commits() {
         let setting = format!("commit.overlap={overlap}");
         let args = ["--set", setting.as_str()];
         let mut failing = t.start_with(&state, &[("WEIR_FAILPOINT_ERROR", "prepare:3")], &args);
-        let mut sent = 2_000;
-        while failing.is_running() && sent < 10_000 {
-            kafka.produce(&t.input, records[sent..sent + 500].to_vec());
-            sent += 500;
-            std::thread::sleep(Duration::from_millis(150));
-        }
+        let sent = t.feed_while_running(&mut failing, &records, 2_000, 10_000, 500);
         let status = failing.wait(Duration::from_secs(60));
         let log = t.last_log();
         assert!(

@@ -17,6 +17,9 @@ pub(crate) type Job = Box<dyn FnOnce() -> Result<(), rocksdb::Error> + Send>;
 /// A write's outcome: `Err` with what failed.
 type Outcome = Result<(), String>;
 
+/// The outcome of a write whose thread is gone.
+const GONE: &str = "the state's writer thread is gone";
+
 /// See the module documentation.
 pub(crate) struct Writer {
     jobs: Option<Sender<(Job, SyncSender<Outcome>)>>,
@@ -30,9 +33,7 @@ pub(crate) struct Written(Receiver<Outcome>);
 impl Written {
     /// Waits for the write.
     pub(crate) fn wait(self) -> Outcome {
-        self.0
-            .recv()
-            .unwrap_or_else(|_| Err("the state's writer thread is gone".into()))
+        self.0.recv().unwrap_or_else(|_| Err(GONE.into()))
     }
 
     /// The write's outcome if it is done, or the receipt back.
@@ -40,7 +41,7 @@ impl Written {
         match self.0.try_recv() {
             Ok(outcome) => Ok(outcome),
             Err(TryRecvError::Empty) => Err(self),
-            Err(TryRecvError::Disconnected) => Ok(Err("the state's writer thread is gone".into())),
+            Err(TryRecvError::Disconnected) => Ok(Err(GONE.into())),
         }
     }
 }
